@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+BASE_ROOT ?= ./drp-data
+
+.PHONY: run test venv test-deps bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(VENV)/bin/dr-provision --base-root $(BASE_ROOT)
+
+# System packages the root-only tests use (netns, debootstrap for the systemd test, jq for the
+# operator tour); installed only when missing and when we are root.
+test-deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  for p in ip:iproute2 jq:jq debootstrap:debootstrap; do \
+	    command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; \
+	  done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+
+test: venv test-deps
+	$(PY) -m pytest -ra
+
+bench: venv
+	$(PY) -m bench replication --quick
+
+clean:
+	rm -rf $(VENV) drp-data

@@ -1,0 +1,80 @@
+"""Who is asking: HTTP Basic or `Authorization: Bearer <token>` against the store's users."""
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import trio
+
+from drp import auth
+from drp.errors import ApiError
+from drp.store.store import Store
+
+
+def _unauthorized(why: str) -> ApiError:
+    return ApiError(401, why, type_="AUTH_ERROR")
+
+
+class Authenticator:
+    def __init__(self, store: Store):
+        self.store = store
+        # scrypt costs ~50 ms: remember good (user, password, stored hash) triples, so a
+        # changed password or a replaced user misses the cache.
+        self._good_basic: set[str] = set()
+
+    async def user(self, name: str) -> dict | None:
+        return await self.store.get("users", name)
+
+    async def secret(self) -> str:
+        obj = await self.store.get("secrets", "token")
+        if obj is None:
+            raise _unauthorized("this node holds no users yet (a passive that has not caught up)")
+        return obj["Secret"]
+
+    async def authenticate(self, headers) -> dict:
+        header = headers.get("Authorization", "")
+        scheme, _, cred = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            return await self._basic(cred.strip())
+        if scheme == "bearer":
+            return await self.check_token(cred.strip())
+        raise _unauthorized("authentication required: HTTP Basic or a Bearer token")
+
+    async def _basic(self, cred: str) -> dict:
+        try:
+            name, _, password = base64.b64decode(cred).decode().partition(":")
+        except Exception:
+            raise _unauthorized("garbled Basic credentials") from None
+        user = await self.user(name)
+        if user is None or not user.get("PasswordHash"):
+            raise _unauthorized("bad username or password")
+        fingerprint = hashlib.sha256(
+            f"{name}\0{password}\0{user['PasswordHash']}".encode()).hexdigest()
+        if fingerprint not in self._good_basic:
+            ok = await trio.to_thread.run_sync(auth.check_password, password,
+                                               user["PasswordHash"])
+            if not ok:
+                raise _unauthorized("bad username or password")
+            if len(self._good_basic) > 10_000:
+                self._good_basic.clear()
+            self._good_basic.add(fingerprint)
+        return user
+
+    async def check_token(self, token: str) -> dict:
+        try:
+            name = auth.token_user(token)
+        except auth.TokenError as e:
+            raise _unauthorized(str(e)) from None
+        user = await self.user(name)
+        if user is None:
+            raise _unauthorized("token for an unknown user")
+        try:
+            auth.verify_token(await self.secret(), token, user.get("Secret", ""))
+        except auth.TokenError as e:
+            raise _unauthorized(str(e)) from None
+        return user
+
+
+def is_superuser(user: dict) -> bool:
+    return "superuser" in (user.get("Roles") or [])

@@ -1,0 +1,145 @@
+"""dr-provision: config → store → one root nursery (API, static files, metrics, signals, HA)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from drp import config as configmod, node as nodemod, systemd, tls
+from drp.config import Config, ConfigError
+from drp.store.store import Store
+
+log = logging.getLogger("drp.server")
+STOP_GRACE = 3.0  # seconds a graceful stop may take before the nursery is cancelled
+
+
+def setup_logging(level: str) -> None:
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):  # journald stamps lines itself
+        fmt = "%(asctime)s " + fmt
+    level = {"warn": "WARNING"}.get(level.lower(), level.upper())
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    for noisy in ("hypercorn.access", "httpx", "httpcore", "trio-websocket", "scapy.runtime"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def hypercorn_config(port: int, cert: Path | None = None, key: Path | None = None,
+                     host: str = "0.0.0.0") -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{host}:{port}"]
+    if cert and key:
+        hc.certfile, hc.keyfile = str(cert), str(key)
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("drp.http")
+    hc.graceful_timeout = STOP_GRACE - 1
+    hc.keep_alive_timeout = 75
+    return hc
+
+
+async def serve_app(app, hc, stop: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED):
+    await hypercorn.trio.serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+class Server:
+    """Owns the root nursery and the stop event of one dr-provision process."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.stop = trio.Event()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        cfg.base_root.mkdir(parents=True, exist_ok=True)
+        store = Store(cfg.base_root / "drp.db")
+        store.retention = cfg.ha_log_retention
+        try:
+            drp_id = nodemod.resolve_drp_id(store, cfg)
+            cert, key = await trio.to_thread.run_sync(tls.ensure_certificate, cfg)
+            node = nodemod.Node(cfg=cfg, store=store, drp_id=drp_id)
+            node.cert_path, node.key_path = cert, key
+            node.status_line = lambda text: systemd.notify(f"STATUS={text}")
+            await self._run_node(node)
+        finally:
+            store.close()
+
+    async def _run_node(self, node) -> None:
+        from drp.api.app import create_app
+        cfg = node.cfg
+        if not cfg.ha_enabled:
+            await node.store.write(lambda tx: nodemod.bootstrap(tx, node.drp_id), internal=True)
+        app = create_app(node)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_signals, node, nursery.cancel_scope)
+            urls = await nursery.start(serve_app, app,
+                                       hypercorn_config(cfg.api_port, node.cert_path,
+                                                        node.key_path), self.stop)
+            log.info("API listening on %s (drp-id %s, base root %s)", ", ".join(urls),
+                     node.drp_id, cfg.base_root)
+            for start in self._extra_services(node):
+                await nursery.start(start)
+            if cfg.ha_enabled:
+                from drp.ha.supervisor import run_supervisor
+                await nursery.start(run_supervisor, node)
+            else:
+                node.status_line("standalone: serving")
+            systemd.notify("READY=1")
+            interval = systemd.watchdog_interval()
+            if interval:
+                nursery.start_soon(systemd.watchdog_loop, interval)
+            await self.stop.wait()
+            systemd.notify("STOPPING=1")
+            log.info("stopping")
+            # Hypercorn drains HTTP for graceful_timeout; anything still running after the
+            # grace period (open websockets, role subtrees) is cancelled.
+            nursery.cancel_scope.deadline = trio.current_time() + STOP_GRACE
+
+    def _extra_services(self, node):
+        """Services other modules add: each an async fn(task_status=...) started in order."""
+        services = []
+        try:
+            from drp.blob.static import static_service
+            services.append(static_service(node, self.stop))
+        except ImportError:
+            pass
+        if node.cfg.metrics_port:
+            from drp.metrics import metrics_service
+            services.append(metrics_service(node, self.stop))
+        return services
+
+    async def _watch_signals(self, node, scope) -> None:
+        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+        with trio.open_signal_receiver(*sigs) as received:
+            async for signum in received:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    log.info("got %s: graceful stop", signal.Signals(signum).name)
+                    self.stop.set()
+                    continue
+                role = "active" if signum == signal.SIGUSR1 else "passive"
+                if node.switch_role is None:
+                    log.info("got %s: HA not enabled; ignoring", signal.Signals(signum).name)
+                else:
+                    log.info("got %s: switching to %s", signal.Signals(signum).name, role)
+                    await node.switch_role(role)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cfg = configmod.load(argv)
+    except ConfigError as e:
+        print(f"dr-provision: {e}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(cfg.log_level)
+    try:
+        trio.run(Server(cfg).run)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The store: one SQLite database under the base root, one writer, a change log under everything.
+
+Every mutation runs in the writer (a CapacityLimiter(1) around a worker thread, so the order of
+commits is decided by the writer, never by the scheduler) inside one transaction that also
+appends its change-log entries. Reads use per-thread connections in worker threads, so the event
+loop never blocks on SQLite.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from drp.errors import ApiError
+from drp.store import schema
+from drp.store.apply import apply_change, row_entry
+
+log = logging.getLogger("drp.store")
+
+CommitHook = Callable[[int], Any]  # async fn(last_seq): e.g. wait for synchronous replicas
+
+
+class Tx:
+    """What a mutation function sees inside the writer's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, head: int, epoch: int):
+        self.conn = conn
+        self.head = head
+        self.epoch = epoch
+        self.changes: list[dict] = []
+
+    def get(self, kind: str, key: str) -> dict | None:
+        row = self.conn.execute("SELECT body FROM objects WHERE kind=? AND key=?",
+                                (kind, key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def query(self, sql: str, params=()) -> list:
+        return self.conn.execute(sql, params).fetchall()
+
+    def record(self, kind: str, key: str, action: str, body=None, data: bytes | None = None,
+               epoch: int | None = None) -> dict:
+        self.head += 1
+        change = {"seq": self.head, "epoch": self.epoch if epoch is None else epoch,
+                  "time": time.time(), "kind": kind, "key": key, "action": action,
+                  "body": body}
+        if data is not None:
+            change["data"] = data
+        apply_change(self.conn, change)
+        self.changes.append(change)
+        return change
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._writer_conn = schema.connect(self.path)
+        schema.create(self._writer_conn)
+        self._writer = trio.CapacityLimiter(1)
+        self._local = threading.local()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.head, self.epoch = self._read_position(self._writer_conn)
+        self._head_changed = trio.Event()
+        # Set by the node's role: a reason string while writes are refused (passive), else None.
+        self.refuse_writes: str | None = None
+        self.commit_hooks: list[CommitHook] = []
+        self.listeners: list[Callable[[list[dict]], None]] = []
+        self.writes_since_trim = 0
+        self.retention = 100_000
+
+    # ---- position -------------------------------------------------------------------------
+    @staticmethod
+    def _read_position(conn) -> tuple[int, int]:
+        head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+        epoch = conn.execute("SELECT COALESCE(MAX(epoch), 0) FROM epochs").fetchone()[0]
+        return head, epoch
+
+    def _set_position(self, head: int, epoch: int) -> None:
+        moved = head != self.head
+        self.head, self.epoch = head, epoch
+        if moved:
+            self._head_changed.set()
+            self._head_changed = trio.Event()
+
+    async def wait_head_beyond(self, seq: int) -> None:
+        while self.head <= seq:
+            await self._head_changed.wait()
+
+    # ---- reads ----------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = schema.connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._all_readers.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await trio.to_thread.run_sync(lambda: fn(self._reader()))
+
+    async def get(self, kind: str, key: str) -> dict | None:
+        def q(conn):
+            row = conn.execute("SELECT body FROM objects WHERE kind=? AND key=?",
+                               (kind, key)).fetchone()
+            return json.loads(row[0]) if row else None
+        return await self.read(q)
+
+    async def list(self, kind: str, filters: dict[str, str] | None = None,
+                   offset: int = 0, limit: int = -1) -> list[dict]:
+        sql, params = ["SELECT body FROM objects WHERE kind=?"], [kind]
+        for field, value in (filters or {}).items():
+            # Compare as text so ?Runnable=true and ?CurrentTask=3 work like dr-provision's.
+            sql.append("AND CASE json_type(body, '$.' || ?) WHEN 'true' THEN 'true' "
+                       "WHEN 'false' THEN 'false' ELSE CAST(json_extract(body, '$.' || ?) AS TEXT) "
+                       "END = ?")
+            params += [field, field, value]
+        sql.append("ORDER BY key LIMIT ? OFFSET ?")
+        params += [limit, offset]
+        rows = await self.read(lambda c: c.execute(" ".join(sql), params).fetchall())
+        return [json.loads(r[0]) for r in rows]
+
+    async def blob(self, path: str) -> dict | None:
+        def q(conn):
+            row = conn.execute("SELECT path, size, sha256, mode, time FROM blobs WHERE path=?",
+                               (path,)).fetchone()
+            return dict(zip(("path", "size", "sha256", "mode", "time"), row)) if row else None
+        return await self.read(q)
+
+    async def entries_after(self, seq: int, limit: int = 1000) -> list[dict]:
+        rows = await self.read(lambda c: c.execute(
+            "SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall())
+        return [row_entry(r) for r in rows]
+
+    async def oldest_seq(self) -> int:
+        return await self.read(
+            lambda c: c.execute("SELECT COALESCE(MIN(seq), 0) FROM changes").fetchone()[0])
+
+    async def history(self) -> list[tuple[int, int, str]]:
+        rows = await self.read(lambda c: c.execute(
+            "SELECT epoch, start_seq, drp_id FROM epochs ORDER BY epoch").fetchall())
+        return [tuple(r) for r in rows]
+
+    async def last_entry_epoch(self) -> int:
+        return await self.read(lambda c: (c.execute(
+            "SELECT epoch FROM changes ORDER BY seq DESC LIMIT 1").fetchone() or (0,))[0])
+
+    def local_get_sync(self, name: str) -> str | None:
+        row = self._writer_conn.execute("SELECT value FROM local WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def local_set_sync(self, name: str, value: str) -> None:
+        self._writer_conn.execute("INSERT OR REPLACE INTO local VALUES (?,?)", (name, value))
+
+    async def local_set(self, name: str, value: str) -> None:
+        async with self._writer:
+            await trio.to_thread.run_sync(self.local_set_sync, name, value)
+
+    # ---- writes ---------------------------------------------------------------------------
+    async def write(self, fn: Callable[[Tx], Any], *, internal: bool = False) -> Any:
+        """Run fn(tx) in one transaction in the writer; returns fn's result after the change
+        is durable here and, when HA is active, acknowledged by every In-Sync passive."""
+        if self.refuse_writes and not internal:
+            raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
+        async with self._writer:
+            if self.refuse_writes and not internal:  # the role may have changed while queued
+                raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
+            result, changes = await trio.to_thread.run_sync(self._run_tx, fn)
+            if changes:
+                self._set_position(changes[-1]["seq"], self.epoch_after(changes))
+                self.writes_since_trim += len(changes)
+        if changes:
+            self._notify(changes)
+            for hook in list(self.commit_hooks):
+                await hook(changes[-1]["seq"])
+        return result
+
+    def epoch_after(self, changes: list[dict]) -> int:
+        promotes = [c["body"]["epoch"] for c in changes if c["kind"] == "ha"]
+        return max([self.epoch, *promotes])
+
+    def _run_tx(self, fn):
+        conn = self._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        tx = Tx(conn, self.head, self.epoch)
+        try:
+            result = fn(tx)
+            if self.writes_since_trim >= 1000:
+                self._trim(conn, tx.head)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result, tx.changes
+
+    def _trim(self, conn, head: int) -> None:
+        conn.execute("DELETE FROM changes WHERE seq <= ?", (head - self.retention,))
+        self.writes_since_trim = 0
+
+    def _notify(self, changes: list[dict]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(changes)
+            except Exception:  # a broken listener must not fail a committed write
+                log.exception("change listener failed")
+
+    async def apply_replicated(self, entries: list[dict]) -> None:
+        """A passive's replay: each entry in its own transaction, position included."""
+        async with self._writer:
+            await trio.to_thread.run_sync(self._apply_entries, entries)
+            self._set_position(entries[-1]["seq"], self.epoch_after(entries))
+        self._notify(entries)
+
+    def _apply_entries(self, entries: list[dict]) -> None:
+        conn = self._writer_conn
+        for entry in entries:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                apply_change(conn, entry)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if entries and entries[-1]["seq"] % 1000 < len(entries):
+            conn.execute("DELETE FROM changes WHERE seq <= ?", (entries[-1]["seq"] - self.retention,))
+
+    # ---- snapshots (full catch-up) ----------------------------------------------------------
+    async def snapshot_into(self, dest: Path) -> int:
+        """A consistent copy of the whole database at the returned seq (VACUUM INTO)."""
+        def run(conn):
+            dest.unlink(missing_ok=True)
+            conn.execute("VACUUM INTO ?", (str(dest),))
+            snap = sqlite3.connect(str(dest))
+            try:
+                snap.execute("DELETE FROM local")
+                snap.commit()
+                return snap.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+            finally:
+                snap.close()
+        # VACUUM INTO cannot run on a query_only connection; use a fresh one in the thread.
+        def fresh():
+            conn = schema.connect(self.path)
+            try:
+                return run(conn)
+            finally:
+                conn.close()
+        return await trio.to_thread.run_sync(fresh)
+
+    async def install_snapshot(self, snap: Path) -> None:
+        """Replace every replicated table with the snapshot's, in one transaction."""
+        def run():
+            conn = self._writer_conn
+            conn.execute("ATTACH DATABASE ? AS snap", (str(snap),))
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for table in schema.REPLICATED_TABLES:
+                        conn.execute(f"DELETE FROM main.{table}")
+                        conn.execute(f"INSERT INTO main.{table} SELECT * FROM snap.{table}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.execute("DETACH DATABASE snap")
+            return self._read_position(conn)
+        async with self._writer:
+            head, epoch = await trio.to_thread.run_sync(run)
+            self._set_position(head, epoch)
+
+    def close(self) -> None:
+        self._writer_conn.close()
+        with self._readers_lock:
+            for conn in self._all_readers:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass  # owned by a thread that already ended
