@@ -1,0 +1,1 @@
+"""System tests: drp installed as an operator would, under real systemd, one node per netns."""
