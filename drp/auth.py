@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import time
@@ -54,7 +55,9 @@ def make_token(secret: str, user: str, ttl: float, user_secret: str = "",
     """A token "<payload>.<hmac>" carrying the user and expiry. `user_secret` changes with the
     user's password so changing a password revokes the user's old tokens."""
     now = time.time() if now is None else now
-    claims = {"u": user, "iat": int(now), "exp": int(now + ttl), "n": secrets.token_hex(4)}
+    # Round the expiry up: truncating would cut up to a second off (a 1s token could be dead
+    # on arrival).
+    claims = {"u": user, "iat": int(now), "exp": math.ceil(now + ttl), "n": secrets.token_hex(4)}
     payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
     sig = hmac.new((secret + user_secret).encode(), payload.encode(), hashlib.sha256).digest()
     return f"{payload}.{_b64(sig)}", claims

@@ -71,11 +71,21 @@ class Server:
     async def _run_node(self, node) -> None:
         from drp.api.app import create_app
         cfg = node.cfg
-        if not cfg.ha_enabled:
+        if cfg.ha_enabled:  # the supervisor decides the role; until then, no writes
+            node.ha_role, node.ha_status = "passive", "Connecting"
+            node.store.refuse_writes = "this node is starting up in HA mode; try again shortly"
+        else:
             await node.store.write(lambda tx: nodemod.bootstrap(tx, node.drp_id), internal=True)
         app = create_app(node)
+        # Tasks that never end on their own (signal watcher, watchdog): cancelled once a stop
+        # begins, so a graceful stop takes as long as the services need, not the full grace.
+        daemons = trio.CancelScope()
+
+        async def daemon(fn, *args):
+            with daemons:
+                await fn(*args)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_signals, node, nursery.cancel_scope)
+            nursery.start_soon(daemon, self._watch_signals, node, nursery.cancel_scope)
             urls = await nursery.start(serve_app, app,
                                        hypercorn_config(cfg.api_port, node.cert_path,
                                                         node.key_path), self.stop)
@@ -91,10 +101,11 @@ class Server:
             systemd.notify("READY=1")
             interval = systemd.watchdog_interval()
             if interval:
-                nursery.start_soon(systemd.watchdog_loop, interval)
+                nursery.start_soon(daemon, systemd.watchdog_loop, interval)
             await self.stop.wait()
             systemd.notify("STOPPING=1")
             log.info("stopping")
+            daemons.cancel()
             # Hypercorn drains HTTP for graceful_timeout; anything still running after the
             # grace period (open websockets, role subtrees) is cancelled.
             nursery.cancel_scope.deadline = trio.current_time() + STOP_GRACE

@@ -1,1 +1,1 @@
-from tests.drpserver import drp, drp_factory  # noqa: F401  (fixtures)
+from tests.drpserver import drp, drp_factory, module_drp, module_drp_factory  # noqa: F401  (fixtures)

@@ -15,6 +15,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 AUTH = ("rocketskates", "r0cketsk8ts")
+# Inherited from whoever runs the tests, these would change what a server or drpcli does.
+_LEAKY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "LISTEN_FDS")
+
+
+def clean_environ() -> dict:
+    """os.environ without RS_* settings and systemd hand-offs; tests add what they need."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("RS_") and k not in _LEAKY_ENV}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,7 +42,7 @@ class DrpServer:
         self.static_port = free_port()
         self.metrics_port = 0
         self.args = list(args)
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**clean_environ(), **(env or {})}
         self.prefix = list(prefix)  # e.g. ["ip", "netns", "exec", "ns1"]
         self.proc: subprocess.Popen | None = None
         self.log_path = self.base_root.with_name(self.base_root.name + ".log")
@@ -89,13 +97,26 @@ class DrpServer:
         return httpx.Client(base_url=self.url + "/api/v3", verify=False, timeout=timeout,
                             auth=None if token else auth, headers=headers)
 
+    def drpcli_env(self, env: dict | None = None) -> dict:
+        """The environment drpcli runs in: RS_ENDPOINT of this server, the venv first on PATH."""
+        return {**clean_environ(), "RS_ENDPOINT": self.url,
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+
     def drpcli(self, *args: str, token: str | None = None, input: str | None = None,
-               check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "RS_ENDPOINT": self.url}
+               check: bool = True, env: dict | None = None,
+               cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+        env = self.drpcli_env(env)
         if token:
             env["RS_TOKEN"] = token
         return subprocess.run([str(BIN / "drpcli"), *args], env=env, input=input, text=True,
-                              capture_output=True, check=check, timeout=60)
+                              capture_output=True, check=check, timeout=60, cwd=cwd)
+
+    def bash(self, script: str, env: dict | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+        """Run a shell snippet (pipes and all) as an operator would, against this server."""
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", script],
+                              env=self.drpcli_env(env), text=True, capture_output=True,
+                              check=check, timeout=60)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -117,16 +138,21 @@ class DrpServer:
             self.proc.wait()
 
 
-@pytest.fixture
-def drp_factory(tmp_path):
-    """drp_factory(name, *args, env=...) -> a started DrpServer; all are stopped at the end."""
+def _factory(root: Path):
     servers: list[DrpServer] = []
 
     def make(name: str = "drp", *args: str, env: dict | None = None, start: bool = True,
              **kw) -> DrpServer:
-        server = DrpServer(tmp_path / name, list(args), env, **kw)
+        server = DrpServer(root / name, list(args), env, **kw)
         servers.append(server)
         return server.start() if start else server
+    return make, servers
+
+
+@pytest.fixture
+def drp_factory(tmp_path):
+    """drp_factory(name, *args, env=...) -> a started DrpServer; all are stopped at the end."""
+    make, servers = _factory(tmp_path)
     yield make
     for server in servers:
         server.kill()
@@ -135,3 +161,19 @@ def drp_factory(tmp_path):
 @pytest.fixture
 def drp(drp_factory) -> DrpServer:
     return drp_factory()
+
+
+@pytest.fixture(scope="module")
+def module_drp_factory(tmp_path_factory):
+    """Like drp_factory, but the servers live for the whole test module (for tests that can
+    share one server without stepping on each other)."""
+    make, servers = _factory(tmp_path_factory.mktemp("drp"))
+    yield make
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def module_drp(module_drp_factory) -> DrpServer:
+    """One server shared by a test module."""
+    return module_drp_factory()

@@ -8,7 +8,7 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from drp.api import authn
+from drp.api import authn, streaming
 from drp.errors import ApiError
 from drp.node import Node
 
@@ -22,6 +22,7 @@ def json_response(data, status: int = 200, headers: dict | None = None) -> Respo
 
 def create_app(node: Node) -> QuartTrio:
     app = QuartTrio("drp")
+    streaming.install(app)  # request bodies stream with backpressure (uploads of any size)
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads stream; sizes are not capped here
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
@@ -34,6 +35,8 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.before_websocket
     async def _auth_ws():
+        if websocket.path == "/api/v3/ha/replicate":
+            return  # authenticates itself, to tell a refused passive why
         websocket.user = await app.authenticator.authenticate(websocket.headers)
 
     @app.errorhandler(ApiError)

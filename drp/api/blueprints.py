@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def all_blueprints():
-    from drp.api import objects, system
-    # system's /users/<name>/token must be registered before the generic /<kind>/<key> routes.
-    return [system.bp, objects.bp]
+    from drp.api import blobs, contents, ha, objects, system
+    # system's /users/<name>/token, the blob routes (/files, /isos, /plugin_providers,
+    # /jobs/<uuid>/log) and /contents must be registered before the generic /<kind>/<key>.
+    return [system.bp, ha.bp, blobs.bp, contents.bp, objects.bp]

@@ -44,6 +44,9 @@ def _refuse_readonly(kind: models.Kind, key: str, current: dict) -> None:
 def _prepare_user(obj: dict, current: dict | None) -> dict:
     """Clients never set password hashes directly; Password on create is hashed here."""
     password = obj.pop("Password", None)
+    if password is not None and not isinstance(password, str):
+        raise ApiError(422, f"Password must be a string, not {type(password).__name__}",
+                       model="users", key=str(obj.get("Name") or ""), type_="ValidationError")
     obj.pop("PasswordHash", None)
     obj.pop("Secret", None)
     if current is not None:
@@ -120,7 +123,7 @@ async def _replace(k: models.Kind, key: str, make_new) -> dict:
             raise _not_found(k, key)
         _refuse_readonly(k, key, current)
         new = make_new(current)
-        if k.name == "users":
+        if k.name == "users" and isinstance(new, dict):  # normalize refuses non-objects
             new = _prepare_user(dict(new), current)
         new = models.normalize(k, new, key=key)
         _check_unique_name(tx, k, key, new)

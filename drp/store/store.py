@@ -62,7 +62,9 @@ class Store:
         self._writer_conn = schema.connect(self.path)
         schema.create(self._writer_conn)
         self._writer = trio.CapacityLimiter(1)
-        self._local = threading.local()
+        self._local_conn = schema.connect(self.path)
+        self._local_lock = threading.Lock()
+        self._per_thread = threading.local()
         self._all_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.head, self.epoch = self._read_position(self._writer_conn)
@@ -94,11 +96,11 @@ class Store:
 
     # ---- reads ----------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+        conn = getattr(self._per_thread, "conn", None)
         if conn is None:
             conn = schema.connect(self.path)
             conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
+            self._per_thread.conn = conn
             with self._readers_lock:
                 self._all_readers.append(conn)
         return conn
@@ -152,16 +154,23 @@ class Store:
         return await self.read(lambda c: (c.execute(
             "SELECT epoch FROM changes ORDER BY seq DESC LIMIT 1").fetchone() or (0,))[0])
 
+    # `local` rows (this node's own, never replicated) use their own connection, so they never
+    # join a transaction the writer has open.
     def local_get_sync(self, name: str) -> str | None:
-        row = self._writer_conn.execute("SELECT value FROM local WHERE name=?", (name,)).fetchone()
+        with self._local_lock:
+            row = self._local_conn.execute("SELECT value FROM local WHERE name=?",
+                                           (name,)).fetchone()
         return row[0] if row else None
 
     def local_set_sync(self, name: str, value: str) -> None:
-        self._writer_conn.execute("INSERT OR REPLACE INTO local VALUES (?,?)", (name, value))
+        with self._local_lock:
+            self._local_conn.execute("INSERT OR REPLACE INTO local VALUES (?,?)", (name, value))
+
+    async def local_get(self, name: str) -> str | None:
+        return await trio.to_thread.run_sync(self.local_get_sync, name)
 
     async def local_set(self, name: str, value: str) -> None:
-        async with self._writer:
-            await trio.to_thread.run_sync(self.local_set_sync, name, value)
+        await trio.to_thread.run_sync(self.local_set_sync, name, value)
 
     # ---- writes ---------------------------------------------------------------------------
     async def write(self, fn: Callable[[Tx], Any], *, internal: bool = False) -> Any:
@@ -277,6 +286,7 @@ class Store:
 
     def close(self) -> None:
         self._writer_conn.close()
+        self._local_conn.close()
         with self._readers_lock:
             for conn in self._all_readers:
                 try:

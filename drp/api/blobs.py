@@ -1,0 +1,308 @@
+"""Files, ISOs, plugin providers and job logs under /api/v3: streamed up and down, each
+mutation one change-log entry (bytes durable first, renamed into place inside the writer)."""
+from __future__ import annotations
+
+import os
+
+import trio
+from quart import Blueprint, current_app, request
+from quart_trio.wrappers.response import TrioResponse as Response
+from werkzeug.routing import BaseConverter
+
+from drp.api.app import json_response
+from drp.blob import storage
+from drp.blob.gate import gate_for
+from drp.blob.send import Opened, blob_response, open_blob
+from drp.blob.storage import PathError
+from drp.errors import ApiError
+
+bp = Blueprint("blobs", __name__, url_prefix="/api/v3")
+
+MAX_LOG_APPEND = 64 << 20  # one PUT of a job log is held in memory and stored in the log
+LOG_PIECE = 1 << 20  # a large append is recorded as several change-log entries of this size
+
+
+class RawPath(BaseConverter):
+    """Everything after the prefix, leading slashes and '..' included: drp.blob.storage judges
+    it and answers with a DRP error, instead of the router redirecting or 404ing."""
+    regex = ".+"
+    part_isolating = False
+    weight = 200
+
+
+@bp.record_once
+def _register_converter(state) -> None:
+    state.app.url_map.converters.setdefault("rawpath", RawPath)
+
+
+def _store():
+    return current_app.node.store
+
+
+def _base():
+    return current_app.node.cfg.base_root
+
+
+def _api_error(e: PathError, model: str, key: str) -> ApiError:
+    return ApiError(e.code, str(e), model=model, key=key)
+
+
+async def _checked(area: str, rel: str, model: str):
+    """(blob path, disk path) for a client path, checked for traversal and symlink escapes."""
+    try:
+        path = storage.blob_path(area, rel)
+        return path, await trio.to_thread.run_sync(storage.safe_path, _base(), path)
+    except PathError as e:
+        raise _api_error(e, model, rel) from None
+
+
+def _not_found(model: str, key: str) -> ApiError:
+    return ApiError(404, f"{model} {key} not found", model=model, key=key, type_="NotFound")
+
+
+# ---- shared upload / download / delete -------------------------------------------------------
+async def upload(area: str, rel: str, model: str) -> dict:
+    """Stream the request body into blob area/rel; returns the stored blob's info."""
+    store = _store()
+    if store.refuse_writes:  # refuse before receiving gigabytes a passive would discard
+        raise ApiError(503, store.refuse_writes, model=model, key=rel, type_="HA_PASSIVE")
+    try:
+        path = storage.blob_path(area, rel)
+        target = await trio.to_thread.run_sync(storage.prepare_target, _base(), path)
+    except PathError as e:
+        raise _api_error(e, model, rel) from None
+    mode = storage.MODES.get(area, 0o644)
+    staged = await storage.stage(target, request.body)
+    try:
+        want = request.headers.get("X-DRP-SHA256SUM", "").strip().lower()
+        if want and want != staged.sha256:
+            raise ApiError(422, f"upload has sha256 {staged.sha256}, the client said {want}",
+                           model=model, key=rel)
+
+        def put(tx):
+            try:
+                storage.install(staged, target, mode)
+            except PathError as e:
+                raise _api_error(e, model, rel) from None
+            tx.record("blob", path, "put",
+                      {"size": staged.size, "sha256": staged.sha256, "mode": mode})
+        with gate_for(store).writing(path):
+            await store.write(put)
+    finally:
+        storage.discard(staged)
+    return {"Path": "/" + rel if area == "files" else rel, "Size": staged.size,
+            "Sha256": staged.sha256}
+
+
+async def download(area: str, rel: str, model: str) -> Response:
+    path, target = await _checked(area, rel, model)
+    try:
+        opened = await open_blob(_store(), target, path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _not_found(model, rel) from None
+    return blob_response(request, opened, model=model, key=rel)
+
+
+async def delete(area: str, rel: str, model: str) -> dict | None:
+    """Remove blob area/rel; returns its last blobs row (None if the store had none)."""
+    store = _store()
+    path, target = await _checked(area, rel, model)
+
+    def remove(tx):
+        row = tx.query("SELECT size, sha256, mode FROM blobs WHERE path=?", (path,))
+        try:
+            existed = storage.remove(target)
+        except PathError as e:
+            raise _api_error(e, model, rel) from None
+        if not existed and not row:
+            raise _not_found(model, rel)
+        tx.record("blob", path, "delete")
+        return dict(zip(("size", "sha256", "mode"), row[0])) if row else None
+    with gate_for(store).writing(path):
+        return await store.write(remove)
+
+
+def _listdir(directory, files_only: bool) -> list[str] | None:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    out = []
+    for entry in entries:
+        if storage.is_temp(entry.name):
+            continue
+        if entry.is_dir():
+            if not files_only:
+                out.append(entry.name + "/")
+        else:
+            out.append(entry.name)
+    return out
+
+
+# ---- files ---------------------------------------------------------------------------------
+@bp.get("/files")
+async def list_files():
+    rel = request.args.get("path", "").lstrip("/")  # ?path=/ is dr-provision's root
+    try:
+        rel = storage.clean_relpath(rel.rstrip("/"), allow_empty=True)
+        root = storage.area_root(_base(), "files")
+        directory = root.joinpath(*rel.split("/")) if rel else root
+        await trio.to_thread.run_sync(storage.check_inside, root, directory)
+    except PathError as e:
+        raise _api_error(e, "files", rel) from None
+    names = await trio.to_thread.run_sync(_listdir, directory, False)
+    if names is None:
+        if not rel:
+            return json_response([])
+        raise _not_found("files", rel)
+    return json_response(names)
+
+
+@bp.post("/files/<rawpath:rel>", merge_slashes=False)
+async def upload_file(rel: str):
+    return json_response(await upload("files", rel, "files"), 201)
+
+
+@bp.route("/files/<rawpath:rel>", methods=["GET", "HEAD"], merge_slashes=False)
+async def get_file(rel: str):
+    return await download("files", rel, "files")
+
+
+@bp.delete("/files/<rawpath:rel>", merge_slashes=False)
+async def delete_file(rel: str):
+    await delete("files", rel, "files")
+    return Response(None, 204)
+
+
+# ---- isos ------------------------------------------------------------------------------------
+@bp.get("/isos")
+async def list_isos():
+    names = await trio.to_thread.run_sync(_listdir, storage.area_root(_base(), "isos"), True)
+    return json_response(names or [])
+
+
+@bp.post("/isos/<rawpath:name>", merge_slashes=False)
+async def upload_iso(name: str):
+    return json_response(await upload("isos", name, "isos"), 201)
+
+
+@bp.route("/isos/<rawpath:name>", methods=["GET", "HEAD"], merge_slashes=False)
+async def get_iso(name: str):
+    return await download("isos", name, "isos")
+
+
+@bp.delete("/isos/<rawpath:name>", merge_slashes=False)
+async def delete_iso(name: str):
+    await delete("isos", name, "isos")
+    return Response(None, 204)
+
+
+# ---- plugin providers ------------------------------------------------------------------------
+def _provider(name: str, row: dict) -> dict:
+    return {"Name": name, "Version": "", "PluginVersion": 4, "HasPublish": False,
+            "AvailableActions": [], "RequiredParams": [], "OptionalParams": [],
+            "Documentation": "", "Size": row["size"], "Sha256": row["sha256"],
+            "Mode": f"{row.get('mode', 0o755):04o}", "Meta": {}, "Validated": True,
+            "Available": True, "Errors": [], "ReadOnly": False}
+
+
+async def _provider_row(name: str) -> dict:
+    path, _ = await _checked("plugins", name, "plugin_providers")
+    row = await _store().blob(path)
+    if row is None:
+        raise _not_found("plugin_providers", name)
+    return row
+
+
+@bp.get("/plugin_providers")
+async def list_providers():
+    rows = await _store().read(lambda c: c.execute(
+        "SELECT path, size, sha256, mode FROM blobs WHERE path LIKE 'plugins/%' "
+        "ORDER BY path").fetchall())
+    return json_response([_provider(p.split("/", 1)[1], {"size": s, "sha256": h, "mode": m})
+                          for p, s, h, m in rows])
+
+
+@bp.route("/plugin_providers/<name>", methods=["GET", "HEAD"])
+async def show_provider(name: str):
+    row = await _provider_row(name)
+    return Response(None, 200) if request.method == "HEAD" else json_response(
+        _provider(name, row))
+
+
+@bp.route("/plugin_providers/<name>/binary", methods=["GET", "HEAD"])
+async def provider_binary(name: str):
+    return await download("plugins", name, "plugin_providers")
+
+
+@bp.post("/plugin_providers/<name>")
+async def upload_provider(name: str):
+    info = await upload("plugins", name, "plugin_providers")
+    return json_response(_provider(name, {"size": info["Size"], "sha256": info["Sha256"],
+                                          "mode": 0o755}), 201)
+
+
+@bp.delete("/plugin_providers/<name>")
+async def delete_provider(name: str):
+    row = await delete("plugins", name, "plugin_providers")
+    return json_response(_provider(name, row or {"size": 0, "sha256": "", "mode": 0o755}))
+
+
+# ---- job logs --------------------------------------------------------------------------------
+async def _read_capped(limit: int, model: str, key: str) -> bytes:
+    if int(request.headers.get("Content-Length") or 0) > limit:
+        raise ApiError(413, f"one append may carry at most {limit} bytes", model=model, key=key)
+    buf = bytearray()
+    async for chunk in request.body:
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, f"one append may carry at most {limit} bytes", model=model,
+                           key=key)
+    return bytes(buf)
+
+
+def _log_path(uuid: str) -> str:
+    try:
+        return storage.blob_path("job-logs", uuid)
+    except PathError as e:
+        raise _api_error(e, "jobs", uuid) from None
+
+
+@bp.put("/jobs/<uuid>/log")
+async def append_log(uuid: str):
+    path = _log_path(uuid)
+    target = storage.disk_path(_base(), path)
+    data = await _read_capped(MAX_LOG_APPEND, "jobs", uuid)
+
+    def append(tx):
+        if tx.get("jobs", uuid) is None:
+            raise _not_found("jobs", uuid)
+        row = tx.query("SELECT size FROM blobs WHERE path=?", (path,))
+        offset = row[0][0] if row else 0
+        if data:
+            storage.append_at(target, offset, data)
+            for i in range(0, len(data), LOG_PIECE):
+                piece = data[i:i + LOG_PIECE]
+                tx.record("joblog", path, "append", {"offset": offset + i,
+                                                     "length": len(piece)}, data=piece)
+        return offset + len(data)
+    size = await _store().write(append)
+    return Response(None, 204, {"X-DRP-Log-Size": str(size)})
+
+
+@bp.route("/jobs/<uuid>/log", methods=["GET", "HEAD"])
+async def get_log(uuid: str):
+    path = _log_path(uuid)
+    store = _store()
+    if await store.get("jobs", uuid) is None:
+        raise _not_found("jobs", uuid)
+    row = await store.blob(path)
+    size = row["size"] if row else 0
+    try:
+        fd, have = await trio.to_thread.run_sync(storage.open_regular,
+                                                 storage.disk_path(_base(), path))
+        opened = Opened(fd, have, None)
+    except FileNotFoundError:
+        opened = Opened(None, 0, None)
+    # Only the recorded bytes: an append in progress may already be past them on disk.
+    return blob_response(request, opened, model="jobs", key=uuid, size=size)

@@ -1,0 +1,199 @@
+"""Content bundles: /api/v3/contents. A bundle (JSON or YAML) is
+    {"meta": {"Name", "Version", "Description", ...}, "sections": {kind: {key: object}}}
+and is stored as ONE change-log entry that replaces all of its objects at once. Its objects are
+ReadOnly and carry Bundle=<name>; a bundle may not take over objects owned by anyone else."""
+from __future__ import annotations
+
+import json
+
+import trio
+import yaml
+from quart import Blueprint, current_app, request
+
+from drp import models
+from drp.api.app import json_response
+from drp.errors import ApiError
+
+bp = Blueprint("contents", __name__, url_prefix="/api/v3")
+
+NOT_CONTENT = {"users"}  # a bundle may not create logins
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _store():
+    return current_app.node.store
+
+
+def parse_bundle(raw: bytes, content_type: str = "") -> dict:
+    """JSON or YAML (by Content-Type, else JSON first, then YAML) into a dict."""
+    text = raw.decode("utf-8", "replace")
+    if "yaml" not in content_type:
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            if "json" in content_type:
+                raise ApiError(400, f"bundle is not valid JSON: {e}", model="contents") from None
+            doc = None
+        else:
+            if not isinstance(doc, dict):
+                raise ApiError(422, "a bundle must be an object with meta and sections",
+                               model="contents")
+            return doc
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ApiError(400, f"bundle is neither JSON nor YAML: {e}", model="contents") from None
+    if not isinstance(doc, dict):
+        raise ApiError(422, "a bundle must be an object with meta and sections", model="contents")
+    return doc
+
+
+def build(doc: dict, url_name: str | None = None) -> tuple[str, dict, list]:
+    """Validate a bundle: (name, its record, [[kind, key, stored object], ...])."""
+    meta = doc.get("meta")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ApiError(422, "meta must be an object", model="contents")
+    meta = dict(meta)
+    if url_name is not None:
+        meta.setdefault("Name", url_name)
+    name = meta.get("Name")
+    if not isinstance(name, str) or not name or "/" in name or "\x00" in name:
+        raise ApiError(422, "meta.Name is required: a name without '/'", model="contents")
+    if url_name is not None and name != url_name:
+        raise ApiError(422, f"meta.Name {name!r} does not match the name in the URL "
+                       f"{url_name!r}", model="contents", key=url_name)
+    for field in ("Version", "Description"):
+        meta.setdefault(field, "")
+        if not isinstance(meta[field], str):
+            raise ApiError(422, f"meta.{field} must be a string", model="contents", key=name)
+    sections = doc.get("sections") or {}
+    if not isinstance(sections, dict):
+        raise ApiError(422, "sections must be an object keyed by kind", model="contents",
+                       key=name)
+    objects, seen, counts, problems = [], set(), {}, []
+    for kind_name, section in sections.items():
+        if kind_name in NOT_CONTENT or kind_name not in models.KINDS:
+            problems.append(f"sections.{kind_name}: not a kind a content bundle may hold")
+            continue
+        kind = models.KINDS[kind_name]
+        items = _section_items(kind, section, problems)
+        for key, obj in items:
+            if (kind_name, key) in seen:
+                problems.append(f"{kind_name}/{key} appears twice")
+                continue
+            seen.add((kind_name, key))
+            try:
+                stored = models.normalize(kind, {**obj, kind.key: obj.get(kind.key, key)},
+                                          key=key, readonly=True, bundle=name)
+            except ApiError as e:
+                problems += [f"{kind_name}/{key}: {m}" for m in e.messages]
+                continue
+            objects.append([kind_name, key, stored])
+            counts[kind_name] = counts.get(kind_name, 0) + 1
+    if problems:
+        raise ApiError(422, *problems, model="contents", key=name, type_="ValidationError")
+    return name, {"meta": meta, "Counts": counts, "Warnings": []}, objects
+
+
+def _section_items(kind: models.Kind, section, problems: list) -> list[tuple[str, dict]]:
+    if isinstance(section, dict):
+        items = list(section.items())
+    elif isinstance(section, list):  # a list of objects keyed by their own key field
+        items = [((o or {}).get(kind.key) if isinstance(o, dict) else None, o) for o in section]
+    else:
+        problems.append(f"sections.{kind.name} must be an object keyed by {kind.key}")
+        return []
+    good = []
+    for key, obj in items:
+        if not isinstance(obj, dict) or not isinstance(key, str) or not key:
+            problems.append(f"sections.{kind.name}: every entry must be an object with a "
+                            f"{kind.key}")
+        else:
+            good.append((key, obj))
+    return good
+
+
+def _owner(obj: dict) -> str:
+    return f"content bundle {obj['Bundle']}" if obj.get("Bundle") else "a user (not a bundle)"
+
+
+def _put(name: str, record: dict, objects: list, *, must_exist: bool):
+    def put(tx):
+        current = tx.get("contents", name)
+        if must_exist and current is None:
+            raise ApiError(404, f"content bundle {name} not found", model="contents", key=name,
+                           type_="NotFound")
+        conflicts = []
+        for kind, key, _ in objects:
+            have = tx.get(kind, key)
+            if have is not None and have.get("Bundle") != name:
+                conflicts.append(f"{kind}/{key} belongs to {_owner(have)}")
+        if conflicts:
+            raise ApiError(409, f"content bundle {name} would overwrite objects it does not "
+                           "own; nothing was changed", *conflicts[:100], model="contents",
+                           key=name, type_="Conflict")
+        tx.record("contents", name, "put", {"record": record, "objects": objects})
+        return current is None
+    return put
+
+
+async def _body_bundle(url_name: str | None = None):
+    raw = await request.get_data()
+    doc = await trio.to_thread.run_sync(parse_bundle, raw, request.content_type or "")
+    return build(doc, url_name)
+
+
+@bp.get("/contents")
+async def list_contents():
+    return json_response(await _store().list("contents"))
+
+
+@bp.post("/contents")
+async def create_contents():
+    name, record, objects = await _body_bundle()
+    created = await _store().write(_put(name, record, objects, must_exist=False))
+    return json_response(record, 201 if created else 200)
+
+
+@bp.route("/contents/<name>", methods=["GET", "HEAD"])
+async def show_contents(name: str):
+    def load(conn):
+        row = conn.execute("SELECT body FROM objects WHERE kind='contents' AND key=?",
+                           (name,)).fetchone()
+        if row is None:
+            return None
+        rows = conn.execute("SELECT kind, key, body FROM objects WHERE bundle=? AND "
+                            "kind != 'contents' ORDER BY kind, key", (name,)).fetchall()
+        return json.loads(row[0]), rows
+    found = await _store().read(load)
+    if found is None:
+        raise ApiError(404, f"content bundle {name} not found", model="contents", key=name,
+                       type_="NotFound")
+    record, rows = found
+    if request.method == "HEAD":
+        return "", 200
+    sections: dict[str, dict] = {}
+    for kind, key, body in rows:
+        sections.setdefault(kind, {})[key] = models.public(kind, json.loads(body))
+    return json_response({"meta": record["meta"], "sections": sections})
+
+
+@bp.put("/contents/<name>")
+async def replace_contents(name: str):
+    name, record, objects = await _body_bundle(name)
+    await _store().write(_put(name, record, objects, must_exist=True))
+    return json_response(record)
+
+
+@bp.delete("/contents/<name>")
+async def delete_contents(name: str):
+    def delete(tx):
+        current = tx.get("contents", name)
+        if current is None:
+            raise ApiError(404, f"content bundle {name} not found", model="contents", key=name,
+                           type_="NotFound")
+        tx.record("contents", name, "delete")
+        return current
+    return json_response(await _store().write(delete))

@@ -1,0 +1,118 @@
+"""HA endpoints: the replication websocket, catch-up downloads, and role switching.
+
+/api/v3/ha/replicate      websocket a passive dials (Bearer <ha-token>, superuser)
+/api/v3/ha/snapshot/<id>  the snapshot file announced to a passive (Range for resume)
+/api/v3/ha/blobs/<path>   a blob's current bytes (Range, X-DRP-SHA256SUM)
+/api/v3/system/active     switch this node to active (as SIGUSR1 does)
+/api/v3/system/passive    switch this node to passive (as SIGUSR2 does)
+"""
+from __future__ import annotations
+
+import logging
+
+import trio
+from quart import Blueprint, current_app, request, websocket
+
+from drp.api.app import json_response
+from drp.api.authn import is_superuser
+from drp.api.system import stats
+from drp.blob import storage
+from drp.blob.send import Opened, blob_response, open_blob
+from drp.errors import ApiError
+from drp.ha import protocol as p
+from drp.node import info
+
+bp = Blueprint("ha", __name__, url_prefix="/api/v3")
+log = logging.getLogger("drp.ha.active")
+REPLICATE_PATH = "/api/v3/ha/replicate"
+SWITCH_TIMEOUT = 60.0
+
+
+def _require_superuser(model: str) -> None:
+    if not is_superuser(request.user):
+        raise ApiError(403, "this needs a superuser", model=model, type_="AUTH_ERROR")
+
+
+@bp.websocket("/ha/replicate")
+async def replicate():
+    node = current_app.node
+    address = websocket.remote_addr or "?"
+    # Authenticated here (not in before_websocket) so a refusal reaches the passive as a
+    # reason it can log, and is logged here too.
+    try:
+        user = await current_app.authenticator.authenticate(websocket.headers)
+        if not is_superuser(user):
+            raise ApiError(403, "not a superuser token")
+    except ApiError as e:
+        reason = (f"the HA token was not accepted ({'; '.join(e.messages)}): set RS_HA_TOKEN "
+                  "to a superuser token of this cluster, e.g. from `drpcli users token "
+                  "rocketskates ttl 3y | jq -r .Token` on the active")
+        log.warning("refusing replication from %s: %s", address, reason)
+        await websocket.send(p.encode(p.Refuse(reason, "token")))
+        return
+    hub = node.hub
+    if hub is None:
+        reason = (f"this node ({node.drp_id}) is not the active"
+                  + (f"; the active is {node.ha_active_id}" if node.ha_active_id else "")
+                  + ": point --ha-join (RS_HA_JOIN) at the active or the VIP")
+        await websocket.send(p.encode(p.Refuse(reason, "not_active")))
+        return
+    try:
+        await hub.serve(websocket, address)
+    except p.ProtocolError as e:
+        log.warning("replication session with %s ended: %s", address, e)
+
+
+@bp.route("/ha/snapshot/<snap_id>", methods=["GET", "HEAD"])
+async def snapshot(snap_id: str):
+    _require_superuser("ha")
+    hub = current_app.node.hub
+    path = hub.snapshots.get(snap_id) if hub else None
+    if path is None:
+        raise ApiError(404, f"no snapshot {snap_id} (it is deleted once installed)",
+                       model="ha", key=snap_id, type_="NotFound")
+    try:
+        fd, size = await trio.to_thread.run_sync(storage.open_regular, path)
+    except FileNotFoundError:
+        raise ApiError(404, f"no snapshot {snap_id}", model="ha", key=snap_id) from None
+    return blob_response(request, Opened(fd, size, None), model="ha", key=snap_id)
+
+
+@bp.route("/ha/blobs/<path:path>", methods=["GET", "HEAD"])
+async def blob(path: str):
+    _require_superuser("ha")
+    store, base = current_app.node.store, current_app.node.cfg.base_root
+    try:
+        target = storage.safe_path(base, path)
+        opened = await open_blob(store, target, path)
+    except storage.PathError as e:
+        raise ApiError(e.code, str(e), model="ha", key=path) from None
+    except FileNotFoundError:
+        raise ApiError(404, f"{path} not found", model="ha", key=path,
+                       type_="NotFound") from None
+    row = await store.blob(path)
+    size = row["size"] if row and path.startswith("job-logs/") else None
+    return blob_response(request, opened, model="ha", key=path, size=size)
+
+
+async def _switch(role: str):
+    _require_superuser("system")
+    node = current_app.node
+    if node.switch_role is None:
+        raise ApiError(409, "HA is not enabled on this node (--ha-enabled)", model="system",
+                       key=role)
+    done = trio.Event()
+    await node.switch_role(role, done)
+    with trio.move_on_after(SWITCH_TIMEOUT):
+        await done.wait()
+    return json_response(info(node, await stats()))
+
+
+@bp.post("/system/active")
+async def system_active():
+    return await _switch("active")
+
+
+@bp.post("/system/passive")
+async def system_passive():
+    return await _switch("passive")

@@ -1,0 +1,106 @@
+"""Streaming a blob back as an HTTP response: ETag/X-DRP-SHA256SUM, If-None-Match, Range, HEAD.
+
+Shared by the API (/files, /isos, plugin binaries, job logs) and the static file server.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from quart_trio.wrappers.response import TrioResponse as Response
+from quart.wrappers.response import ResponseBody
+
+from drp.blob import storage
+from drp.blob.gate import gate_for
+from drp.errors import ApiError
+
+
+@dataclass
+class Opened:
+    """An open regular file and what the store knows of it."""
+    fd: int | None
+    size: int
+    sha256: str | None  # None when the store holds no (matching) record of this file
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class FdBody(ResponseBody):
+    """Response body streaming `length` bytes from `start` of an open file; closes it after."""
+
+    def __init__(self, opened: Opened, start: int, length: int):
+        self.opened, self.start, self.length = opened, start, length
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self.opened.close()
+
+    def __aiter__(self):
+        return storage.read_range(self.opened.fd, self.start, self.length)
+
+
+async def open_blob(store, target: Path, path: str | None) -> Opened:
+    """Open `target` (already path-checked) and pair it with the blobs row of `path`, retrying
+    if a put or delete of that path overlapped. FileNotFoundError when it is not a file."""
+    async def read() -> Opened:
+        row = await store.blob(path) if path else None
+        fd, size = await trio.to_thread.run_sync(storage.open_regular, target)
+        sha = row["sha256"] if row and row["size"] == size and row["sha256"] else None
+        return Opened(fd, size, sha)
+    if path is None:
+        return await read()
+    return await gate_for(store).stable(path, read)
+
+
+def _error(code: int, message: str, headers: dict, model: str, key: str) -> Response:
+    body = ApiError(code, message, model=model, key=key).body()
+    return Response(json.dumps(body), code, {**headers, "Content-Type": "application/json"})
+
+
+def blob_response(request, opened: Opened, *, model: str = "", key: str = "",
+                  content_type: str = "application/octet-stream",
+                  size: int | None = None) -> Response:
+    """The response for GET/HEAD of an opened blob. `size` caps what is served (a job log is
+    served up to its recorded size, even while an append is being written past it)."""
+    size = opened.size if size is None else min(size, opened.size)
+    headers = {"Accept-Ranges": "bytes", "Content-Type": content_type}
+    etag = f"SHA256:{opened.sha256}" if opened.sha256 else None
+    if etag:
+        headers["ETag"] = f'"{etag}"'
+        headers["X-DRP-SHA256SUM"] = opened.sha256
+    inm = request.if_none_match
+    if etag and inm and (inm.star_tag or inm.contains(etag)):
+        opened.close()
+        return Response(None, 304, headers)
+    start, stop, status = 0, size, 200
+    rng = request.range
+    if rng is not None and rng.units == "bytes" and len(rng.ranges) == 1 and _if_range_ok(
+            request, etag):
+        span = rng.range_for_length(size)
+        if span is None:
+            opened.close()
+            return _error(416, f"range {request.headers.get('Range')} is outside 0-{size}",
+                          {"Content-Range": f"bytes */{size}"}, model, key)
+        start, stop = span
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    headers["Content-Length"] = str(stop - start)
+    if request.method == "HEAD":
+        opened.close()
+        return Response(None, status, headers)
+    return Response(FdBody(opened, start, stop - start), status, headers)
+
+
+def _if_range_ok(request, etag: str | None) -> bool:
+    """If-Range: apply the range only when the client's validator still matches."""
+    if "If-Range" not in request.headers:
+        return True
+    return bool(etag) and request.if_range.etag == etag

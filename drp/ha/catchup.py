@@ -1,0 +1,134 @@
+"""Full catch-up: fetch the active's snapshot, the blobs it lists that we lack, then install it.
+
+The snapshot's own `blobs` table is the manifest (path, size, sha256). A blob we already hold
+with the same sha256 is kept; one fetched earlier by an interrupted catch-up is recognised from
+the sha256 we noted for it (by size and mtime), so a restart never re-copies finished blobs.
+Files the manifest does not list are removed. The snapshot is installed last, atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import trio
+
+from drp.blob import storage
+from drp.ha.transfer import Gone
+
+log = logging.getLogger("drp.ha.passive")
+PARALLEL_FETCHES = 4
+
+
+def _read_manifest(snap: Path) -> tuple[list[tuple[str, int, str, int]], int]:
+    conn = sqlite3.connect(f"file:{snap}?mode=ro", uri=True)
+    try:
+        blobs = conn.execute("SELECT path, size, sha256, mode FROM blobs").fetchall()
+        objects = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        return blobs, objects
+    finally:
+        conn.close()
+
+
+def _stamp(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+class LocalBlobs:
+    """What we already hold on disk, by sha256, without re-hashing files we know."""
+
+    def __init__(self, node):
+        self.node = node
+        self.base = node.cfg.base_root
+
+    def known_sha(self, path: str, rows: dict) -> str | None:
+        target = storage.disk_path(self.base, path)
+        stamp = _stamp(target)
+        if stamp is None:
+            return None
+        noted = self.node.store.local_get_sync(f"sha:{path}")
+        if noted and noted.rsplit(":", 1)[0] == stamp:
+            return noted.rsplit(":", 1)[1]
+        row = rows.get(path)
+        if row and row[0] == target.stat().st_size and row[1]:
+            return row[1]  # applied by us from the change log, so its bytes are that version
+        return None
+
+    def note(self, path: str, sha: str) -> None:
+        stamp = _stamp(storage.disk_path(self.base, path))
+        if stamp:
+            self.node.store.local_set_sync(f"sha:{path}", f"{stamp}:{sha}")
+
+    def on_disk(self) -> set[str]:
+        found = set()
+        for area in storage.AREAS:
+            root = storage.area_root(self.base, area)
+            for dirpath, _, names in os.walk(root):
+                for name in names:
+                    if storage.is_temp(name):
+                        continue
+                    rel = Path(dirpath, name).relative_to(root).as_posix()
+                    found.add(f"{area}/{rel}")
+        return found
+
+
+async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
+    store, base = node.store, node.cfg.base_root
+    snap_path = base / "ha" / f"snapshot-{snap.seq}.db"
+    progress.phase = "catch-up (snapshot)"
+    progress.bytes_total = snap.size
+    await fetcher.fetch(f"/api/v3/ha/snapshot/{snap.snapshot_id}", snap_path, snap.sha256,
+                        progress=progress)
+    manifest, objects = await trio.to_thread.run_sync(_read_manifest, snap_path)
+    progress.objects_total = objects
+    local = LocalBlobs(node)
+    rows = {r[0]: (r[1], r[2]) for r in await store.read(
+        lambda c: c.execute("SELECT path, size, sha256 FROM blobs").fetchall())}
+
+    def plan():
+        need = []
+        for path, size, sha, mode in manifest:
+            if not sha:  # job logs: kept when we applied the same appends (no divergence)
+                have = rows.get(path)
+                target = storage.disk_path(base, path)
+                if not divergent and have and have[0] == size and _stamp(target):
+                    continue
+            elif local.known_sha(path, rows) == sha:
+                continue
+            need.append((path, size, sha, mode))
+        return need
+    need = await trio.to_thread.run_sync(plan)
+    progress.phase = "catch-up (files)"
+    progress.bytes_total += sum(n[1] for n in need)
+    log.info("catch-up: snapshot at seq %d with %d objects and %d blobs; fetching %d blobs "
+             "(%.1f MiB), keeping %d", snap.seq, objects, len(manifest), len(need),
+             sum(n[1] for n in need) / 2**20, len(manifest) - len(need))
+    limiter = trio.CapacityLimiter(PARALLEL_FETCHES)
+
+    async def fetch_one(path, size, sha, mode):
+        async with limiter:
+            target = storage.disk_path(base, path)
+            try:
+                _, got = await fetcher.fetch(f"/api/v3/ha/blobs/{path}", target, sha,
+                                             mode or 0o644, progress=progress)
+            except Gone:
+                return  # deleted after the snapshot; the stream carries the delete
+            await trio.to_thread.run_sync(local.note, path, got)
+    async with trio.open_nursery() as nursery:
+        for item in need:
+            nursery.start_soon(fetch_one, *item)
+    listed = {m[0] for m in manifest}
+    extra = sorted((await trio.to_thread.run_sync(local.on_disk)) - listed)
+    for path in extra:
+        await trio.to_thread.run_sync(storage.remove, storage.disk_path(base, path))
+    if extra:
+        log.info("catch-up: removed %d files the active does not have", len(extra))
+    progress.phase = "catch-up (installing)"
+    await store.install_snapshot(snap_path)
+    progress.objects_done = objects
+    snap_path.unlink(missing_ok=True)

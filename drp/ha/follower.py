@@ -1,0 +1,230 @@
+"""The passive's side of replication: dial the active, catch up, then follow in real time.
+
+Connecting → (full catch-up: snapshot + blobs, or resume from our position) → streaming: apply
+each batch (bytes first, then the store, each entry in its own transaction), ack it. The first
+time the lag reaches 0 on a connection we log "Stream switch to realtime streaming".
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import ssl
+import time
+
+import trio
+import trio_websocket
+
+from drp import __version__
+from drp.blob import storage
+from drp.ha import protocol as p
+from drp.ha.catchup import full_catchup
+from drp.ha.transfer import Fetcher, Gone, Progress
+from drp.metrics import APPLIED_SEQ, LAG_ENTRIES, LAG_SECONDS
+from drp.node import goarch, goos
+
+log = logging.getLogger("drp.ha.passive")
+REALTIME = "Stream switch to realtime streaming"
+MAX_MESSAGE = 256 << 20
+BACKOFF_MAX = 5.0
+REFUSED_RETRY = 30.0
+
+
+class Refused(Exception):
+    def __init__(self, refuse: p.Refuse):
+        super().__init__(refuse.reason)
+        self.refuse = refuse
+
+
+def from_wire(entry: dict) -> dict:
+    if entry.get("data") is None:
+        return entry
+    return {**entry, "data": base64.b64decode(entry["data"])}
+
+
+def _ws_url(join: str) -> str:
+    base = join.rstrip("/")
+    return base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + \
+        "/api/v3/ha/replicate"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return f"rejected with HTTP {exc.status_code}: {(exc.body or b'').decode()[:200]}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Follower:
+    def __init__(self, node):
+        self.node = node
+        self.store = node.store
+        self.cfg = node.cfg
+        self.proto = p.PassiveFollower()
+        self.fetcher = Fetcher(self.cfg.join_url, self.cfg.ha_token,
+                               self.cfg.base_root / "ha" / "partial")
+
+    def _status(self, text: str) -> None:
+        self.node.status_line(text)
+
+    async def run(self) -> None:
+        """Follow forever: reconnect with capped backoff; refused → retry slowly."""
+        backoff = 0.2
+        try:
+            while True:
+                try:
+                    await self._session()
+                    backoff = 0.2
+                except Refused as r:
+                    self.node.ha_reason = r.refuse.reason
+                    self.node.ha_status = "Refused"
+                    self._status(f"passive: refused by the active: {r.refuse.reason}")
+                    log.error("the active refused this node (%s): %s; retrying in %.0fs",
+                              r.refuse.code, r.refuse.reason, REFUSED_RETRY)
+                    await trio.sleep(REFUSED_RETRY)
+                    continue
+                except Exception as e:  # noqa: BLE001 — every failure means: reconnect
+                    log.warning("replication from %s: %s; reconnecting in %.1fs",
+                                self.cfg.join_url, _describe(e), backoff)
+                self.proto.disconnected()
+                self.node.ha_status = p.CONNECTING
+                self._status(f"passive: connecting to {self.cfg.join_url}")
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            await self.fetcher.aclose()
+
+    async def _hello(self) -> p.Hello:
+        history = tuple(p.HistoryEntry(*h) for h in await self.store.history())
+        epoch = history[-1].epoch if history else 0
+        return p.Hello(self.cfg.ha_id, self.node.drp_id, __version__, goos(), goarch(), epoch,
+                       self.store.head, history)
+
+    async def _session(self) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # pinned below, on first contact per active drp-id
+        headers = [(b"authorization", f"Bearer {self.cfg.ha_token}".encode())]
+        async with trio_websocket.open_websocket_url(
+                _ws_url(self.cfg.join_url), ctx, extra_headers=headers,
+                max_message_size=MAX_MESSAGE, receive_buffer_size=1 << 20,
+                connect_timeout=5, disconnect_timeout=2) as ws:
+            hello = self.proto.start(await self._hello())
+            await ws.send_message(p.encode(hello))
+            msg = p.decode(await ws.get_message())
+            if isinstance(msg, p.Refuse):
+                raise Refused(msg)
+            if not isinstance(msg, p.Welcome):
+                raise p.ProtocolError(f"expected welcome, got {msg.type}")
+            await self._check_pin(ws, msg.drp_id)
+            self.proto.on_welcome(msg)
+            self.node.ha_active_id, self.node.ha_reason = msg.drp_id, ""
+            self.node.ha_status = p.SYNCING
+            if msg.mode == p.FULL:
+                if msg.divergent:
+                    log.warning("this node holds %d change-log entries that the active's "
+                                "history lacks (written while it was active and never "
+                                "replicated); dropping them and taking a full catch-up",
+                                msg.divergent)
+                log.info("connected to active %s: full catch-up", msg.drp_id)
+                await self._full(ws, msg.divergent > 0)
+            else:
+                log.info("connected to active %s: resuming from seq %d (active head %d)",
+                         msg.drp_id, self.store.head + 1, msg.head)
+            self._realtime_check()
+            await self._stream(ws)
+
+    async def _check_pin(self, ws, active_id: str) -> None:
+        stream = getattr(ws, "_stream", None)
+        getpeercert = getattr(stream, "getpeercert", None)
+        if getpeercert is None:
+            return
+        fingerprint = hashlib.sha256(getpeercert(binary_form=True) or b"").hexdigest()
+        key = f"pin:{active_id}"
+        pinned = await self.store.local_get(key)
+        if pinned is None:
+            await self.store.local_set(key, fingerprint)
+            log.info("pinned the TLS certificate of active %s (sha256 %s)", active_id,
+                     fingerprint[:16])
+        elif pinned != fingerprint:
+            raise Refused(p.Refuse(
+                f"the TLS certificate of active {active_id} changed (pinned sha256 "
+                f"{pinned[:16]}…, now {fingerprint[:16]}…): if that is expected, remove the "
+                f"pin with `sqlite3 {self.store.path} \"DELETE FROM local WHERE name='{key}'\"`",
+                "certificate"))
+
+    async def _full(self, ws, divergent: bool) -> None:
+        msg = p.decode(await ws.get_message())
+        if not isinstance(msg, p.Snapshot):
+            raise p.ProtocolError(f"expected snapshot, got {msg.type}")
+        snap = self.proto.on_snapshot(msg)
+        progress = Progress(self._status)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(progress.log_loop)
+            await full_catchup(self.node, self.fetcher, snap, progress, divergent)
+            nursery.cancel_scope.cancel()
+        text, _ = progress.line()
+        log.info("catch-up done: %s", text)
+        await ws.send_message(p.encode(self.proto.snapshot_installed(snap.seq)))
+
+    def _realtime_check(self) -> None:
+        if self.proto.just_reached_realtime:
+            log.info(REALTIME)
+            self.node.ha_status = p.IN_SYNC
+            self._status(f"passive: in sync with active {self.node.ha_active_id}")
+        APPLIED_SEQ.set(self.proto.applied_seq)
+        LAG_ENTRIES.set(self.proto.lag_entries)
+        LAG_SECONDS.set(self.proto.lag_seconds or 0)
+
+    async def _stream(self, ws) -> None:
+        last_report = time.monotonic()
+        while True:
+            msg = p.decode(await ws.get_message())
+            if isinstance(msg, p.Entries):
+                entries = [from_wire(e) for e in self.proto.on_entries(msg)]
+                # Apply what was received even if the role is being switched right now.
+                with trio.CancelScope(shield=True):
+                    await self._apply(entries)
+                await ws.send_message(p.encode(self.proto.applied(entries[-1]["seq"])))
+            elif isinstance(msg, p.Heartbeat):
+                self.proto.on_heartbeat(msg)
+            else:
+                raise p.ProtocolError(f"unexpected {msg.type} while streaming")
+            self._realtime_check()
+            if self.proto.state == p.SYNCING and time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                log.info("streaming: applied seq %d of %d (%d behind)", self.proto.applied_seq,
+                         self.proto.head, self.proto.lag_entries)
+                self._status(f"passive: syncing, {self.proto.lag_entries} entries behind")
+
+    async def _apply(self, entries: list[dict]) -> None:
+        """Bytes first (blobs fetched, job-log appends written), then the rows."""
+        base = self.cfg.base_root
+        for entry in entries:
+            kind, key, body = entry["kind"], entry["key"], entry["body"]
+            if kind == "blob" and entry["action"] == "put":
+                await self._ensure_blob(key, body)
+            elif kind == "blob":
+                await trio.to_thread.run_sync(storage.remove, storage.disk_path(base, key))
+            elif kind == "joblog":
+                target = storage.disk_path(base, key)
+                await trio.to_thread.run_sync(_append, target, body["offset"], entry["data"])
+        await self.store.apply_replicated(entries)
+
+    async def _ensure_blob(self, path: str, meta: dict) -> None:
+        have = await self.store.blob(path)
+        target = storage.disk_path(self.cfg.base_root, path)
+        if have and have["sha256"] == meta["sha256"] and target.exists() and \
+                target.stat().st_size == meta["size"]:
+            return
+        try:
+            await self.fetcher.fetch(f"/api/v3/ha/blobs/{path}", target, meta["sha256"],
+                                     meta.get("mode", 0o644))
+        except Gone:  # deleted on the active since; its delete entry follows
+            await trio.to_thread.run_sync(storage.remove, target)
+
+
+def _append(target, offset: int, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    storage.append_at(target, offset, data)

@@ -1,0 +1,574 @@
+"""Sans-IO replication protocol between the active node and its passives.
+
+No sockets, no trio, no clock: the driver (drp/ha/replica.py) decodes a websocket text frame, feeds
+the message in here, and gets back decisions and messages to send — the shape of h11/wsproto, so a
+replication bug can be replayed in a unit test. Times are passed in by the caller.
+
+Wire: one JSON object per text frame, {"type": ..., ...}. Bulk bytes (the snapshot file, blobs)
+travel over HTTPS with Range, never here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+PROTOCOL_VERSION = 1
+CONNECTING, SYNCING, IN_SYNC = "Connecting", "Syncing", "In-Sync"  # shown in /api/v3/info
+STREAM, FULL = "stream", "full"
+
+
+class ProtocolError(Exception):
+    """The peer sent something malformed or out of order (the text is one line)."""
+
+
+class HistoryEntry(NamedTuple):
+    epoch: int
+    start_seq: int
+    drp_id: str
+
+
+History = tuple[HistoryEntry, ...]
+
+
+# --- messages -------------------------------------------------------------------------------
+# Field annotations double as the wire schema: decode() checks each field by its annotation.
+
+@dataclass(frozen=True)
+class Hello:  # passive → active, first frame
+    type: ClassVar[str] = "hello"
+    ha_id: str
+    drp_id: str
+    version: str
+    os: str
+    arch: str
+    epoch: int
+    seq: int
+    history: History
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Ack:  # passive → active: applied and fsynced everything up to seq
+    type: ClassVar[str] = "ack"
+    seq: int
+
+
+@dataclass(frozen=True)
+class SnapshotDone:  # passive → active: installed the snapshot taken at seq; stream from seq+1
+    type: ClassVar[str] = "snapshot_done"
+    seq: int
+
+
+@dataclass(frozen=True)
+class Refuse:  # active → passive, then close
+    type: ClassVar[str] = "refuse"
+    reason: str  # operator-facing: says what to do
+    code: str    # "token", "ha_id", "platform", "version", "drp_id", "busy"
+
+
+Refusal = Refuse  # what check_hello returns is the message itself, ready to encode
+
+
+@dataclass(frozen=True)
+class Welcome:  # active → passive: the handshake succeeded
+    type: ClassVar[str] = "welcome"
+    drp_id: str
+    epoch: int
+    head: int
+    history: History
+    mode: str       # STREAM or FULL
+    divergent: int  # passive entries not on the active's history (dropped by a full catch-up)
+
+
+@dataclass(frozen=True)
+class Snapshot:  # active → passive: fetch this snapshot over HTTPS, then send snapshot_done
+    type: ClassVar[str] = "snapshot"
+    seq: int
+    snapshot_id: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Entries:  # active → passive: contiguous change-log entries, ascending
+    type: ClassVar[str] = "entries"
+    items: list[dict]
+    head: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:  # active → passive when idle, so lag can be reported in seconds
+    type: ClassVar[str] = "heartbeat"
+    head: int
+    time: float
+
+
+Message = Hello | Ack | SnapshotDone | Refuse | Welcome | Snapshot | Entries | Heartbeat
+MESSAGES: dict[str, type] = {c.type: c for c in (Hello, Ack, SnapshotDone, Refuse, Welcome,
+                                                  Snapshot, Entries, Heartbeat)}
+
+
+def _show(value: Any) -> str:
+    return repr(value)[:40]
+
+
+def _str(name: str, v: Any) -> str:
+    return v if isinstance(v, str) else _bad(name, "a string", v)
+
+
+def _int(name: str, v: Any) -> int:  # JSON true is not a seq: bool is excluded
+    ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return v if ok else _bad(name, "a non-negative integer", v)
+
+
+def _float(name: str, v: Any) -> float:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else _bad(name, "a number", v)
+
+
+def _bad(name: str, expected: str, v: Any) -> Any:
+    raise ProtocolError(f"{name}: expected {expected}, got {_show(v)}")
+
+
+def parse_history(v: Any, name: str = "history") -> History:
+    """A wire epoch history ([[epoch, start_seq, drp_id], ...]) → tuple of HistoryEntry."""
+    if not isinstance(v, (list, tuple)):
+        raise ProtocolError(f"{name}: expected a list, got {_show(v)}")
+    out: list[HistoryEntry] = []
+    for t in v:
+        if not isinstance(t, (list, tuple)) or len(t) != 3:
+            raise ProtocolError(f"{name}: expected [epoch, start_seq, drp_id], got {_show(t)}")
+        e = HistoryEntry(_int(f"{name} epoch", t[0]), _int(f"{name} start_seq", t[1]),
+                         _str(f"{name} drp_id", t[2]))
+        if e.epoch < 1 or e.start_seq < 1 or not e.drp_id:
+            raise ProtocolError(f"{name}: invalid epoch {_show(list(t))}")
+        # every epoch starts with its own marker entry, so both columns strictly increase
+        if out and (e.epoch <= out[-1].epoch or e.start_seq <= out[-1].start_seq):
+            raise ProtocolError(f"{name}: not ascending at {_show(list(t))}")
+        out.append(e)
+    return tuple(out)
+
+
+def check_entry(e: Any) -> dict:
+    """Validate one change-log entry as sent; returns it unchanged."""
+    if not isinstance(e, dict):
+        raise ProtocolError(f"entry: expected an object, got {_show(e)}")
+    for k in ("seq", "epoch", "time", "kind", "key", "action", "body"):
+        if k not in e:
+            raise ProtocolError(f"entry {_show(e.get('seq'))}: missing {k!r}")
+    if _int("entry seq", e["seq"]) < 1:
+        raise ProtocolError("entry seq: must be >= 1")
+    _int("entry epoch", e["epoch"])
+    _float("entry time", e["time"])
+    for k in ("kind", "key", "action"):
+        _str(f"entry {k}", e[k])
+    if "data" in e and e["data"] is not None:
+        _str("entry data", e["data"])  # base64 of a job-log append
+    return e
+
+
+def _entries(name: str, v: Any) -> list[dict]:
+    if not isinstance(v, list) or not v:
+        raise ProtocolError(f"{name}: expected a non-empty list of entries")
+    items = [check_entry(e) for e in v]
+    for prev, cur in zip(items, items[1:]):
+        if cur["seq"] != prev["seq"] + 1:
+            raise ProtocolError(f"{name}: seq {cur['seq']} follows {prev['seq']}")
+    return items
+
+
+_CHECKS = {"str": _str, "int": _int, "float": _float, "list[dict]": _entries,
+           "History": lambda name, v: parse_history(v, name)}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_message(m: Message) -> None:
+    """Rules that tie fields of one message together."""
+    where = m.type
+    if isinstance(m, (Hello, Welcome)):
+        seq = m.seq if isinstance(m, Hello) else m.head
+        if m.history:  # the position must lie inside the last epoch
+            last = m.history[-1]
+            if m.epoch != last.epoch or seq < last.start_seq:
+                raise ProtocolError(f"{where}: position ({m.epoch}, {seq}) is not in its history")
+        elif m.epoch != 0 or isinstance(m, Welcome):  # an active always has promoted
+            raise ProtocolError(f"{where}: epoch {m.epoch} with an empty history")
+    if isinstance(m, Welcome):
+        if m.mode not in (STREAM, FULL):
+            raise ProtocolError(f"welcome: unknown mode {_show(m.mode)}")
+        if m.mode == STREAM and m.divergent:
+            raise ProtocolError("welcome: stream mode with divergent entries")
+    elif isinstance(m, Refuse) and not m.code:
+        raise ProtocolError("refuse: empty code")
+    elif isinstance(m, Snapshot) and (m.seq < 1 or not m.snapshot_id
+                                      or not _SHA256.fullmatch(m.sha256)):
+        raise ProtocolError(f"snapshot: bad seq, id or sha256 ({m.seq}, {_show(m.snapshot_id)})")
+    elif isinstance(m, Entries) and m.head < m.items[-1]["seq"]:
+        raise ProtocolError(f"entries: head {m.head} is before seq {m.items[-1]['seq']}")
+
+
+def decode(text: str | bytes) -> Message:
+    """One websocket text frame → a message; anything malformed raises ProtocolError."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"expected a JSON object, got {_show(obj)}")
+    kind = obj.get("type")
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {_show(obj.get('type'))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in obj:  # unknown extra fields are ignored (newer peers may add some)
+            raise ProtocolError(f"{cls.type}: missing {f.name!r}")
+        kwargs[f.name] = _CHECKS[f.type](f"{cls.type} {f.name}", obj[f.name])
+    msg = cls(**kwargs)
+    _check_message(msg)
+    return msg
+
+
+def encode(msg: Message) -> str:
+    """A message → one websocket text frame."""
+    out: dict[str, Any] = {"type": msg.type}
+    for f in dataclasses.fields(msg):
+        v = getattr(msg, f.name)
+        out[f.name] = [list(t) for t in v] if f.name == "history" else v
+    return json.dumps(out, separators=(",", ":"))
+
+
+# --- handshake --------------------------------------------------------------------------------
+
+def _major(version: str) -> str:
+    """"4.14.0" → "4"; anything unparsable stands for itself (equal only to the same text)."""
+    m = re.match(r"v?(\d+)(\.|$)", version)
+    return m.group(1) if m else version
+
+
+def check_hello(hello: Hello, *, ha_id: str, os: str, arch: str, version: str,
+                drp_id: str | None = None) -> Refuse | None:
+    """The active's verdict on a passive's hello: a Refuse to send, or None to go on.
+
+    `drp_id` is the active's own; a passive with the same one would make epoch histories
+    ambiguous. Token checks happen in the HTTP layer, before any of this.
+    """
+    if hello.ha_id != ha_id:
+        return Refuse(f"this node has --ha-id {hello.ha_id}, the cluster is {ha_id}: "
+                      f"set RS_HA_ID={ha_id}", "ha_id")
+    if (hello.os, hello.arch) != (os, arch):
+        return Refuse(f"cluster runs {os}/{arch}, this node is {hello.os}/{hello.arch}: "
+                      "HA nodes must share OS and architecture", "platform")
+    major = _major(version)
+    if hello.protocol != PROTOCOL_VERSION or _major(hello.version) != major:
+        return Refuse(f"this node runs {hello.version} (protocol {hello.protocol}), the active "
+                      f"runs {version}; install a {major}.x release of drp on this node "
+                      f"(protocol {PROTOCOL_VERSION})", "version")
+    if drp_id is not None and hello.drp_id == drp_id:
+        return Refuse(f"this node has the active's --drp-id {drp_id}: give every node its own "
+                      "RS_DRP_ID", "drp_id")
+    return None
+
+
+def busy_refusal(drp_id: str) -> Refuse:
+    """For a hello from a drp_id that already has a live replication connection."""
+    return Refuse(f"a passive with drp_id {drp_id} is already connected to this active: stop "
+                  "the other node, or give this one its own RS_DRP_ID", "busy")
+
+
+# --- positions --------------------------------------------------------------------------------
+
+class SyncPlan(NamedTuple):
+    mode: str              # STREAM or FULL
+    start_seq: int | None  # first seq to stream; None for FULL (the snapshot's seq decides)
+    divergent: int         # passive entries that are not on the active's history
+
+
+def _hist(history) -> History:  # plain (epoch, start_seq, drp_id) tuples/lists welcome
+    return tuple(HistoryEntry(*t) for t in history)
+
+
+def divergence_seq(a, b) -> int | None:
+    """First seq at which logs with these epoch histories may differ; None if they agree."""
+    a, b = _hist(a), _hist(b)
+    for x, y in zip(a, b):
+        if x != y:
+            return min(x.start_seq, y.start_seq)
+    if len(a) != len(b):  # one is a prefix: the longer one's next epoch is not in the other
+        longer = a if len(a) > len(b) else b
+        return longer[min(len(a), len(b))].start_seq
+    return None
+
+
+def epoch_at(history, seq: int) -> int:
+    """The epoch of the entry at seq (0 before the first promotion)."""
+    return max((e.epoch for e in _hist(history) if e.start_seq <= seq), default=0)
+
+
+def plan_sync(*, active_history, active_head: int, active_oldest_retained_seq: int,
+              passive_history, passive_head: int) -> SyncPlan:
+    """How a passive at passive_head catches up: stream the missing entries, or a full copy."""
+    split = divergence_seq(active_history, passive_history)
+    if not passive_history:
+        split = 1  # entries written before any promotion can't be matched to anyone's
+    common_end = active_head if split is None else min(split - 1, active_head)
+    divergent = max(0, passive_head - common_end)
+    if divergent == 0 and (passive_head == active_head
+                           or passive_head + 1 >= active_oldest_retained_seq):
+        return SyncPlan(STREAM, passive_head + 1, 0)
+    return SyncPlan(FULL, None, divergent)
+
+
+def is_promote_marker(entry: dict) -> bool:
+    body = entry.get("body")
+    return (entry.get("kind") == "ha" and entry.get("action") == "promote"
+            and isinstance(body, dict) and body.get("epoch") == entry.get("epoch"))
+
+
+# --- passive side -----------------------------------------------------------------------------
+
+class PassiveFollower:
+    """The passive's view of its replication connection: Connecting → Syncing → In-Sync.
+
+    Per connection: start(hello) → on_welcome → [on_snapshot → snapshot_installed] →
+    (on_entries → applied)*, with on_heartbeat any time after the welcome. After a call,
+    `just_reached_realtime` is True iff that call made lag reach 0 for the first time on this
+    connection (log "Stream switch to realtime streaming").
+    """
+
+    def __init__(self) -> None:
+        self.start(Hello("", "", "", "", "", 0, 0, ()))
+        self._started = False  # nothing may arrive before start()
+
+    def start(self, hello: Hello) -> Hello:
+        """A new connection: the position comes from the store, as stated in the hello."""
+        self.state, self._started, self.just_reached_realtime = CONNECTING, True, False
+        self.epoch = self._recv_epoch = hello.epoch
+        self.applied_seq = self.received_seq = self.head = hello.seq
+        self.mode: str | None = None
+        self.divergent = 0
+        self.active_drp_id: str | None = None
+        self.active_history: History = ()
+        self._awaiting_snapshot, self._snapshot = False, None
+        self._pending: deque = deque()  # received, not yet applied: (seq, time, epoch)
+        self._active_time: float | None = None  # latest time seen on the active's clock
+        return hello
+
+    def disconnected(self) -> None:
+        self.state, self._started, self.just_reached_realtime = CONNECTING, False, False
+
+    def on_welcome(self, w: Welcome) -> None:
+        self.just_reached_realtime = False
+        if not self._started or self.state != CONNECTING:
+            raise ProtocolError(f"unexpected welcome in state {self.state}")
+        if w.mode == STREAM and self.applied_seq > w.head:
+            raise ProtocolError(f"welcome: stream mode, but this node is at seq "
+                                f"{self.applied_seq}, past the active's head {w.head}")
+        self.state, self.mode, self.divergent = SYNCING, w.mode, w.divergent
+        self.active_drp_id, self.active_history = w.drp_id, _hist(w.history)
+        self.head = w.head  # the active's, even below a divergent local head
+        self._awaiting_snapshot = w.mode == FULL
+        self._check_realtime()
+
+    def on_snapshot(self, s: Snapshot) -> Snapshot:
+        """Returns the snapshot to fetch, verify and install; then call snapshot_installed."""
+        self.just_reached_realtime = False
+        if not self._awaiting_snapshot or self._snapshot is not None:
+            raise ProtocolError(f"unexpected snapshot in state {self.state}")
+        self._snapshot = s
+        self.head = max(self.head, s.seq)
+        return s
+
+    def snapshot_installed(self, seq: int) -> SnapshotDone:
+        self.just_reached_realtime = False
+        if self._snapshot is None or seq != self._snapshot.seq:
+            raise ValueError(f"no snapshot at seq {seq} was announced")
+        self.applied_seq = self.received_seq = seq
+        self.epoch = self._recv_epoch = epoch_at(self.active_history, seq)
+        self._awaiting_snapshot, self._snapshot = False, None
+        self._pending.clear()
+        self._check_realtime()
+        return SnapshotDone(seq)
+
+    def on_entries(self, e: Entries) -> list[dict]:
+        """Checks the batch continues the stream; returns the entries to apply, in order."""
+        self.just_reached_realtime = False
+        if self.state == CONNECTING or self._awaiting_snapshot:
+            raise ProtocolError(f"unexpected entries in state {self.state}"
+                                + (" (awaiting snapshot)" if self._awaiting_snapshot else ""))
+        expected, epoch = self.received_seq + 1, self._recv_epoch
+        for item in e.items:  # check the whole batch before taking any of it
+            seq = item["seq"]
+            if seq != expected:
+                raise ProtocolError(f"entries: expected seq {expected}, got {seq}")
+            marker = is_promote_marker(item)
+            if marker and item["epoch"] <= epoch:
+                raise ProtocolError(f"entries: seq {seq} promotes to epoch {item['epoch']} "
+                                    f"from epoch {epoch}")
+            if item["epoch"] != epoch and not marker:
+                raise ProtocolError(f"entries: seq {seq} moves from epoch {epoch} to "
+                                    f"{item['epoch']} without a promote marker")
+            epoch, expected = item["epoch"], expected + 1
+        self._pending.extend((i["seq"], float(i["time"]), i["epoch"]) for i in e.items)
+        self.received_seq, self._recv_epoch = expected - 1, epoch
+        self.head = max(self.head, e.head, self.received_seq)
+        self._active_time = max(self._active_time or 0.0, float(e.items[-1]["time"]))
+        return list(e.items)
+
+    def applied(self, seq: int) -> Ack:
+        """The driver durably applied everything up to seq; returns the ack to send."""
+        self.just_reached_realtime = False
+        if not self.applied_seq <= seq <= self.received_seq:
+            raise ValueError(f"applied({seq}) outside {self.applied_seq}..{self.received_seq}")
+        while self._pending and self._pending[0][0] <= seq:
+            self.epoch = self._pending.popleft()[2]
+        self.applied_seq = seq
+        self._check_realtime()
+        return Ack(seq)
+
+    def on_heartbeat(self, h: Heartbeat) -> None:
+        self.just_reached_realtime = False
+        if self.state == CONNECTING:
+            raise ProtocolError("unexpected heartbeat before welcome")
+        self.head = max(self.head, h.head)
+        self._active_time = max(self._active_time or 0.0, h.time)
+        self._check_realtime()
+
+    def _check_realtime(self) -> None:
+        # In-Sync is entered once per connection, so the flag fires once per connection
+        if self.state == SYNCING and not self._awaiting_snapshot and self.applied_seq >= self.head:
+            self.state, self.just_reached_realtime = IN_SYNC, True
+
+    @property
+    def lag_entries(self) -> int:
+        return max(0, self.head - self.applied_seq)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """Age of the oldest unapplied entry on the active's clock (no cross-host skew)."""
+        if self.lag_entries == 0:
+            return 0.0
+        if not self._pending or self._active_time is None:
+            return None  # not received yet: unknown
+        return max(0.0, self._active_time - self._pending[0][1])
+
+    def status(self) -> dict:
+        return {"state": self.state, "epoch": self.epoch, "seq": self.applied_seq,
+                "head": self.head, "lag": self.lag_entries, "lag_seconds": self.lag_seconds}
+
+
+# --- active side ------------------------------------------------------------------------------
+
+@dataclass
+class _Passive:
+    id: str
+    address: str
+    acked: int
+    state: str
+    sends: deque = field(default_factory=deque)  # (seq, time) sent and not yet acked
+
+
+class ActiveTracker:
+    """The active's view of every connected passive, for synchronous (group) commit.
+
+    Create it with the store's head; call head_advanced(seq, now) after each commit, before
+    waiting on must_wait_for(seq); call expire() periodically and after it recheck the waiters.
+    """
+
+    def __init__(self, head: int = 0) -> None:
+        self.head = head
+        self._passives: dict[str, _Passive] = {}
+        # (head, commit time) since the lowest In-Sync ack: when an unsent entry became due
+        self._commits: deque[tuple[int, float]] = deque()
+
+    def __contains__(self, passive_id: str) -> bool:
+        return passive_id in self._passives
+
+    def add(self, passive_id: str, address: str, start_seq: int) -> str:
+        """start_seq: the first seq it still needs (1 for a full catch-up). Returns its state."""
+        if passive_id in self._passives:
+            raise ValueError(f"passive {passive_id} is already tracked")
+        if start_seq - 1 > self.head:
+            raise ValueError(f"start_seq {start_seq} is past head {self.head} + 1")
+        state = IN_SYNC if start_seq - 1 >= self.head else SYNCING
+        self._passives[passive_id] = _Passive(passive_id, address, start_seq - 1, state)
+        return state
+
+    def remove(self, passive_id: str) -> None:
+        self._passives.pop(passive_id, None)
+        self._trim()
+
+    def head_advanced(self, seq: int, now: float) -> None:
+        if seq < self.head:
+            raise ValueError(f"head went back from {self.head} to {seq}")
+        if seq > self.head and any(p.state == IN_SYNC for p in self._passives.values()):
+            self._commits.append((seq, now))
+        self.head = seq
+
+    def on_sent(self, passive_id: str, seq: int, now: float) -> None:
+        """Entries up to seq were handed to this passive's connection."""
+        p = self._passives[passive_id]
+        if seq > self.head:
+            raise ValueError(f"sent seq {seq} past head {self.head}")
+        if seq > p.acked and (not p.sends or seq > p.sends[-1][0]):
+            p.sends.append((seq, now))
+
+    def on_ack(self, passive_id: str, seq: int, now: float) -> bool:
+        """Also feed snapshot_done here. True when this ack (re)joins the passive to In-Sync.
+
+        (`now` is accepted for symmetry with on_sent; acks start no timers.)
+        """
+        p = self._passives[passive_id]
+        if seq < p.acked or seq > self.head:
+            raise ProtocolError(f"ack {seq} outside {p.acked}..{self.head}")
+        p.acked = seq
+        while p.sends and p.sends[0][0] <= seq:
+            p.sends.popleft()
+        joined = p.state == SYNCING and seq >= self.head
+        if joined:
+            p.state = IN_SYNC
+        self._trim()
+        return joined
+
+    def must_wait_for(self, seq: int) -> set[str]:
+        """In-Sync passives that have not acked seq: a write at seq returns when this is empty."""
+        return {p.id for p in self._passives.values() if p.state == IN_SYNC and p.acked < seq}
+
+    def released_through(self) -> int | None:
+        """Every write at or below this seq may return (None: no passive holds writes back)."""
+        return min((p.acked for p in self._passives.values() if p.state == IN_SYNC),
+                   default=None)
+
+    def expire(self, now: float, sync_timeout: float) -> list[str]:
+        """Drop to Syncing the In-Sync passives owing an ack for longer than sync_timeout."""
+        dropped = []
+        for p in self._passives.values():
+            if p.state != IN_SYNC or p.acked >= self.head:
+                continue
+            # due since its oldest unacked entry was committed or sent, whichever came first
+            due = [t for t in (next((t for s, t in self._commits if s > p.acked), None),
+                               p.sends[0][1] if p.sends else None) if t is not None]
+            if due and now - min(due) > sync_timeout:
+                p.state = SYNCING
+                dropped.append(p.id)
+        self._trim()
+        return dropped
+
+    def _trim(self) -> None:
+        floor = self.released_through()
+        if floor is None:  # nobody can be late: forget commit times
+            self._commits.clear()
+            return
+        while self._commits and self._commits[0][0] <= floor:
+            self._commits.popleft()
+
+    def snapshot(self) -> list[dict]:
+        """For /api/v3/info ha_passive_state."""
+        return [{"id": p.id, "address": p.address, "state": p.state,
+                 "electable": p.state == IN_SYNC, "lag": self.head - p.acked}
+                for p in self._passives.values()]

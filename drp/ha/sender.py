@@ -1,0 +1,199 @@
+"""The active's side of replication: one session per connected passive, and the sync gate.
+
+A session answers the passive's hello (refuse, or welcome + stream, or welcome + snapshot), then
+sends change-log entries as they are committed and reads acks. The gate is the store's commit
+hook: a client's write returns only when every In-Sync passive acked it; one ack releases every
+write at or below it (group commit).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import trio
+
+from drp import __version__
+from drp.ha import protocol as p
+from drp.metrics import SYNC_WAIT
+from drp.node import goarch, goos
+
+log = logging.getLogger("drp.ha.active")
+BATCH_ENTRIES = 500
+BATCH_BYTES = 4 << 20  # keep frames well under the passive's message limit
+HEARTBEAT = 1.0
+HELLO_TIMEOUT = 10.0
+
+
+def to_wire(entry: dict) -> dict:
+    if entry.get("data") is None:
+        return {k: v for k, v in entry.items() if k != "data"}
+    return {**entry, "data": base64.b64encode(entry["data"]).decode()}
+
+
+def _entry_size(entry: dict) -> int:
+    return len(str(entry.get("body"))) + len(entry.get("data") or b"") + 100
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Hub:
+    """Everything the active knows about its passives; lives exactly as long as the role."""
+
+    def __init__(self, node):
+        self.node = node
+        self.store = node.store
+        self.cfg = node.cfg
+        self.tracker = p.ActiveTracker(head=self.store.head)
+        self._changed = trio.Event()
+        self.snapshot_dir = self.cfg.base_root / "ha" / "snapshots"
+        self.snapshots: dict[str, Path] = {}
+
+    # ---- sync gate ------------------------------------------------------------------------
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _sync_head(self) -> None:
+        if self.store.head > self.tracker.head:
+            self.tracker.head_advanced(self.store.head, time.monotonic())
+
+    async def wait_synced(self, seq: int) -> None:
+        """Store commit hook: return once no In-Sync passive still owes an ack for seq."""
+        self._sync_head()
+        if not self.tracker.must_wait_for(seq):
+            return
+        started = time.monotonic()
+        while self.tracker.must_wait_for(seq):
+            await self._changed.wait()
+        SYNC_WAIT.observe(time.monotonic() - started)
+
+    async def wait_all_acked(self, timeout: float) -> bool:
+        """For a graceful handover: every In-Sync passive has the head (bounded by timeout)."""
+        self._sync_head()
+        with trio.move_on_after(timeout):
+            while self.tracker.must_wait_for(self.store.head):
+                await self._changed.wait()
+            return True
+        return False
+
+    async def expire_loop(self) -> None:
+        timeout = self.cfg.ha_sync_timeout
+        while True:
+            await trio.sleep(min(0.1, timeout / 4))
+            for pid in self.tracker.expire(time.monotonic(), timeout):
+                log.warning("passive %s did not ack within --ha-sync-timeout %.1fs: dropped to "
+                            "Syncing; writes no longer wait for it until it catches up",
+                            pid, timeout)
+                self._wake()
+
+    # ---- one passive ----------------------------------------------------------------------
+    async def serve(self, ws, address: str) -> None:
+        """Run one replication session on a websocket (send/receive of text frames)."""
+        with trio.fail_after(HELLO_TIMEOUT):
+            hello = p.decode(await ws.receive())
+        if not isinstance(hello, p.Hello):
+            raise p.ProtocolError(f"expected hello, got {hello.type}")
+        refusal = p.check_hello(hello, ha_id=self.cfg.ha_id, os=goos(), arch=goarch(),
+                                version=__version__, drp_id=self.node.drp_id)
+        if refusal is None and hello.drp_id in self.tracker:
+            refusal = p.busy_refusal(hello.drp_id)
+        if refusal is not None:
+            log.warning("refusing passive %s at %s: %s", hello.drp_id, address, refusal.reason)
+            await ws.send(p.encode(refusal))
+            return
+        history = await self.store.history()
+        oldest = await self.store.oldest_seq() or self.store.head + 1
+        self._sync_head()
+        plan = p.plan_sync(active_history=history, active_head=self.store.head,
+                           active_oldest_retained_seq=oldest, passive_history=hello.history,
+                           passive_head=hello.seq)
+        await ws.send(p.encode(p.Welcome(self.node.drp_id, history[-1][0], self.store.head,
+                                         tuple(history), plan.mode, plan.divergent)))
+        pid = hello.drp_id
+        try:
+            if plan.mode == p.FULL:
+                if plan.divergent:
+                    log.warning("passive %s holds %d entries this active's history lacks; it "
+                                "drops them and takes a full catch-up", pid, plan.divergent)
+                start = await self._send_snapshot(ws, pid, address)
+            else:
+                self.tracker.add(pid, address, plan.start_seq)
+                start = plan.start_seq
+            log.info("passive %s at %s: streaming from seq %d (%s)", pid, address, start,
+                     plan.mode)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_acks, ws, pid)
+                await self._send_entries(ws, pid, start)
+        finally:
+            self.tracker.remove(pid)
+            self._wake()
+            log.info("passive %s at %s disconnected", pid, address)
+
+    async def _send_snapshot(self, ws, pid: str, address: str) -> int:
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        snap_id = uuid.uuid4().hex
+        path = self.snapshot_dir / f"{snap_id}.db"
+        self.snapshots[snap_id] = path
+        try:
+            seq = await self.store.snapshot_into(path)
+            sha = await trio.to_thread.run_sync(_sha256_file, path)
+            self._sync_head()
+            self.tracker.add(pid, address, 1)
+            await ws.send(p.encode(p.Snapshot(seq, snap_id, path.stat().st_size, sha)))
+            log.info("passive %s: full catch-up from a snapshot at seq %d (%d bytes)", pid, seq,
+                     path.stat().st_size)
+            msg = p.decode(await ws.receive())
+            if not isinstance(msg, p.SnapshotDone) or msg.seq != seq:
+                raise p.ProtocolError(f"expected snapshot_done {seq}, got {msg}")
+            self._sync_head()
+            self.tracker.on_ack(pid, seq, time.monotonic())
+            return seq + 1
+        finally:
+            self.snapshots.pop(snap_id, None)
+            path.unlink(missing_ok=True)
+
+    async def _receive_acks(self, ws, pid: str) -> None:
+        while True:
+            msg = p.decode(await ws.receive())
+            if not isinstance(msg, p.Ack):
+                raise p.ProtocolError(f"expected ack, got {msg.type}")
+            self._sync_head()
+            if self.tracker.on_ack(pid, msg.seq, time.monotonic()):
+                log.info("passive %s is In-Sync at seq %d", pid, msg.seq)
+            self._wake()
+
+    async def _send_entries(self, ws, pid: str, start: int) -> None:
+        pos = start - 1
+        while True:
+            entries = await self.store.entries_after(pos, BATCH_ENTRIES)
+            if not entries:
+                with trio.move_on_after(HEARTBEAT) as idle:
+                    await self.store.wait_head_beyond(pos)
+                if idle.cancelled_caught:
+                    await ws.send(p.encode(p.Heartbeat(self.store.head, time.time())))
+                continue
+            if entries[0]["seq"] != pos + 1:
+                raise p.ProtocolError(f"passive {pid} needs seq {pos + 1}, which the log no "
+                                      "longer holds (--ha-log-retention); it will reconnect "
+                                      "for a full catch-up")
+            batch, size = [], 0
+            for entry in entries:
+                size += _entry_size(entry)
+                if batch and size > BATCH_BYTES:
+                    break
+                batch.append(to_wire(entry))
+            self._sync_head()
+            head = max(self.store.head, batch[-1]["seq"])
+            await ws.send(p.encode(p.Entries(batch, head)))
+            pos = batch[-1]["seq"]
+            self.tracker.on_sent(pid, pos, time.monotonic())

@@ -1,0 +1,642 @@
+"""drp.ha.protocol, fed messages directly: no network, no trio, no clock."""
+import json
+
+import pytest
+
+from drp.ha import protocol as p
+from drp.ha.protocol import (FULL, IN_SYNC, STREAM, SYNCING, CONNECTING, Ack, ActiveTracker,
+                             Entries, Heartbeat, Hello, PassiveFollower, ProtocolError, Refuse,
+                             Snapshot, SnapshotDone, SyncPlan, Welcome, check_hello, decode,
+                             encode, plan_sync)
+
+SHA = "ab" * 32
+
+
+def entry(seq, epoch=1, time=100.0, kind="machines", key="m1", action="update", body=None,
+          **extra):
+    return {"seq": seq, "epoch": epoch, "time": time, "kind": kind, "key": key,
+            "action": action, "body": {"Name": key} if body is None else body, **extra}
+
+
+def marker(seq, epoch, drp_id, time=100.0):
+    return entry(seq, epoch, time, kind="ha", key=drp_id, action="promote",
+                 body={"epoch": epoch, "drp_id": drp_id})
+
+
+def hello(**kw):
+    base = dict(ha_id="cluster-1", drp_id="n2", version="4.14.0", os="linux", arch="amd64",
+                epoch=1, seq=10, history=((1, 1, "n1"),), protocol=p.PROTOCOL_VERSION)
+    return Hello(**{**base, **kw})
+
+
+def welcome(head=10, mode=STREAM, divergent=0, history=((1, 1, "n1"),), epoch=None):
+    return Welcome("n1", history[-1][0] if epoch is None else epoch, head, history, mode,
+                   divergent)
+
+
+# --- wire ------------------------------------------------------------------------------------
+
+ALL_MESSAGES = [
+    hello(),
+    hello(epoch=0, seq=0, history=()),
+    Ack(7),
+    SnapshotDone(5000),
+    Refuse("set RS_HA_ID=x", "ha_id"),
+    welcome(head=12, mode=FULL, divergent=3),
+    Snapshot(40, "snap-1", 123456, SHA),
+    Entries([entry(3), entry(4, data="aGVsbG8="), marker(5, 2, "n1")], head=9),
+    Heartbeat(9, 1712.5),
+]
+
+
+@pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.type)
+def test_round_trip(msg):
+    text = encode(msg)
+    assert json.loads(text)["type"] == msg.type
+    assert decode(text) == msg
+    assert decode(text.encode()) == msg  # bytes frames too
+
+
+def test_history_decodes_to_named_tuples():
+    m = decode(encode(hello(history=[[1, 1, "n1"], [2, 40, "n2"]], epoch=2, seq=41)))
+    assert m.history == (p.HistoryEntry(1, 1, "n1"), p.HistoryEntry(2, 40, "n2"))
+    assert m.history[1].start_seq == 40
+
+
+def test_unknown_fields_are_ignored():
+    assert decode('{"type":"ack","seq":3,"future":true}') == Ack(3)
+
+
+def wire(msg, **changes):
+    obj = json.loads(encode(msg))
+    obj.update(changes)
+    return json.dumps({k: v for k, v in obj.items() if v is not DROP})
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{not json", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"seq": 1}', "unknown message type"),
+    ('{"type": ["ack"]}', "unknown message type"),
+    ('{"type": "gossip"}', "unknown message type"),
+    ('{"type": "ack"}', "missing 'seq'"),
+    ('{"type": "ack", "seq": true}', "non-negative integer"),
+    ('{"type": "ack", "seq": -1}', "non-negative integer"),
+    ('{"type": "ack", "seq": "7"}', "non-negative integer"),
+    ('{"type": "heartbeat", "head": 1, "time": "now"}', "number"),
+    (wire(hello(), ha_id=7), "hello ha_id: expected a string"),
+    (wire(hello(), protocol=DROP), "missing 'protocol'"),
+    (wire(hello(), history=[[1, 1]]), "[epoch, start_seq, drp_id]"),
+    (wire(hello(), history=[[1, 1, "a"], [1, 5, "b"]], epoch=1), "not ascending"),
+    (wire(hello(), history=[[1, 5, "a"], [2, 5, "b"]], epoch=2), "not ascending"),
+    (wire(hello(), history=[[0, 1, "a"]], epoch=0), "invalid epoch"),
+    (wire(hello(), epoch=2), "not in its history"),
+    (wire(hello(history=((1, 5, "n1"),)), seq=3), "not in its history"),
+    (wire(hello(), history=[], epoch=1), "empty history"),
+    (wire(welcome(), history=[], epoch=0, head=0), "empty history"),
+    (wire(welcome(), mode="fast"), "unknown mode"),
+    (wire(welcome(), divergent=2), "stream mode with divergent"),
+    (wire(Refuse("x", "busy"), code=""), "empty code"),
+    (wire(Snapshot(4, "s", 1, SHA), sha256="zz"), "sha256"),
+    (wire(Snapshot(4, "s", 1, SHA), seq=0), "snapshot"),
+    (wire(Entries([entry(1)], 1), items=[]), "non-empty list"),
+    (wire(Entries([entry(1)], 1), items=[entry(1), entry(3)], head=3), "seq 3 follows 1"),
+    (wire(Entries([entry(1)], 1), items=[entry(2), entry(1)], head=3), "seq 1 follows 2"),
+    (wire(Entries([entry(1)], 1), head=0), "head 0 is before seq 1"),
+    (wire(Entries([entry(1)], 1), items=[{"seq": 1}]), "missing"),
+    (wire(Entries([entry(1)], 1), items=[entry(0)]), "must be >= 1"),
+    (wire(Entries([entry(1)], 1), items=[entry(1, data=5)]), "entry data"),
+    (wire(Entries([entry(1)], 1), items=[entry(1, time=None)]), "entry time"),
+    (wire(Entries([entry(1)], 1), items=["x"]), "expected an object"),
+])
+def test_malformed_messages_raise_one_line_protocol_errors(text, words):
+    with pytest.raises(ProtocolError) as err:
+        decode(text)
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_pre_ha_log_hello_is_valid():
+    # a log written before HA was enabled: entries, but no epoch yet
+    assert decode(encode(hello(epoch=0, seq=25, history=()))).seq == 25
+
+
+# --- handshake -------------------------------------------------------------------------------
+
+CLUSTER = dict(ha_id="cluster-1", os="linux", arch="amd64", version="4.14.0")
+
+
+def test_matching_hello_is_accepted():
+    assert check_hello(hello(), **CLUSTER) is None
+    assert check_hello(hello(version="4.9.2"), **CLUSTER) is None  # same major is compatible
+    assert check_hello(hello(version="v4.15.0"), **CLUSTER) is None
+    assert check_hello(hello(), **CLUSTER, drp_id="n1") is None
+
+
+def test_refuses_other_ha_id():
+    r = check_hello(hello(ha_id="other"), **CLUSTER)
+    assert r == Refuse("this node has --ha-id other, the cluster is cluster-1: "
+                       "set RS_HA_ID=cluster-1", "ha_id")
+
+
+@pytest.mark.parametrize("os_, arch", [("linux", "arm64"), ("darwin", "amd64")])
+def test_refuses_other_platform(os_, arch):
+    r = check_hello(hello(os=os_, arch=arch), **CLUSTER)
+    assert r.code == "platform"
+    assert r.reason == (f"cluster runs linux/amd64, this node is {os_}/{arch}: "
+                        "HA nodes must share OS and architecture")
+
+
+@pytest.mark.parametrize("version, protocol", [("5.0.0", 1), ("3.13.4", 1), ("4.14.0", 2),
+                                               ("tip", 1), ("", 1)])
+def test_refuses_incompatible_version(version, protocol):
+    r = check_hello(hello(version=version, protocol=protocol), **CLUSTER)
+    assert r.code == "version"
+    assert "the active runs 4.14.0; install a 4.x release of drp on this node (protocol 1)" \
+        in r.reason
+
+
+def test_refuses_the_actives_own_drp_id():
+    r = check_hello(hello(drp_id="n1"), **CLUSTER, drp_id="n1")
+    assert r.code == "drp_id" and "RS_DRP_ID" in r.reason
+
+
+def test_ha_id_is_checked_first():
+    r = check_hello(hello(ha_id="x", os="darwin", version="9.0.0"), **CLUSTER)
+    assert r.code == "ha_id"
+
+
+def test_busy_refusal_and_refusal_alias():
+    r = p.busy_refusal("n2")
+    assert isinstance(r, p.Refusal) and r.code == "busy" and "n2" in r.reason
+    assert decode(encode(r)) == r
+
+
+def test_a_future_protocol_hello_still_decodes_so_it_can_be_refused():
+    text = encode(hello(protocol=7))
+    assert check_hello(decode(text), **CLUSTER).code == "version"
+
+
+# --- plan_sync -------------------------------------------------------------------------------
+
+H1 = [(1, 1, "n1")]
+H12 = [(1, 1, "n1"), (2, 50, "n2")]
+
+
+def plan(active_history=H1, active_head=100, oldest=1, passive_history=H1, passive_head=0):
+    return plan_sync(active_history=active_history, active_head=active_head,
+                     active_oldest_retained_seq=oldest, passive_history=passive_history,
+                     passive_head=passive_head)
+
+
+def test_fresh_passive_streams_from_1_while_everything_is_retained():
+    assert plan(passive_history=[], passive_head=0, oldest=1) == SyncPlan(STREAM, 1, 0)
+
+
+def test_fresh_passive_gets_a_full_copy_when_the_log_was_trimmed():
+    assert plan(passive_history=[], passive_head=0, oldest=2) == SyncPlan(FULL, None, 0)
+
+
+def test_resume_streams_from_the_next_seq():
+    assert plan(passive_head=60, oldest=40) == SyncPlan(STREAM, 61, 0)
+    assert plan(passive_head=39, oldest=40) == SyncPlan(STREAM, 40, 0)  # just retained
+
+
+def test_behind_retention_needs_a_full_copy():
+    assert plan(passive_head=38, oldest=40) == SyncPlan(FULL, None, 0)
+
+
+def test_same_head_streams_even_past_retention():
+    assert plan(passive_head=100, oldest=101) == SyncPlan(STREAM, 101, 0)
+    assert plan(active_history=H12, passive_history=H12, passive_head=100, oldest=90) \
+        == SyncPlan(STREAM, 101, 0)
+
+
+def test_split_brain_same_epoch_same_start_different_promoter():
+    # both nodes promoted themselves to epoch 2 at seq 50; the passive wrote 50..70 there
+    result = plan(active_history=H12, passive_history=[(1, 1, "n1"), (2, 50, "n3")],
+                  passive_head=70)
+    assert result == SyncPlan(FULL, None, 21)
+    assert p.divergence_seq(tuple(map(p.HistoryEntry._make, H12)),
+                            ((1, 1, "n1"), (2, 50, "n3"))) == 50
+
+
+def test_divergence_uses_the_earlier_start_of_the_differing_epochs():
+    # the passive's epoch 1 ran to 59 while the active's ended at 49
+    assert plan(active_history=H12, passive_history=[(1, 1, "n1"), (2, 60, "n3")],
+                passive_head=65) == SyncPlan(FULL, None, 16)
+
+
+def test_passive_ahead_of_the_active_in_the_same_history_is_divergent():
+    # e.g. the passive applied entries the old active wrote but never got acked by a new one
+    assert plan(active_head=100, passive_head=104, oldest=1) == SyncPlan(FULL, None, 4)
+
+
+def test_passive_history_prefix_of_actives():
+    # the passive stopped in epoch 1 before the active's epoch 2 began: streaming is fine
+    assert plan(active_history=H12, passive_history=H1, passive_head=49) \
+        == SyncPlan(STREAM, 50, 0)
+    # but entries it holds at/after 50 were written in epoch 1, which the active left at 49
+    assert plan(active_history=H12, passive_history=H1, passive_head=55) \
+        == SyncPlan(FULL, None, 6)
+
+
+def test_passive_promoted_itself_past_the_actives_history():
+    # the passive's history is longer: its epoch 2 (from 80) is unknown to the active
+    assert plan(active_history=H1, active_head=100, passive_history=[*H1, (2, 80, "n2")],
+                passive_head=85) == SyncPlan(FULL, None, 6)
+
+
+def test_entries_from_before_any_promotion_cannot_be_matched():
+    # a node that ran standalone (epoch 0, no history) holds entries of its own
+    assert plan(active_history=[(1, 11, "n1")], passive_history=[], passive_head=5) \
+        == SyncPlan(FULL, None, 5)
+
+
+def test_divergent_with_retention_is_still_full():
+    assert plan(active_history=H12, passive_history=[(1, 1, "n1"), (2, 50, "n3")],
+                passive_head=50, oldest=1).mode == FULL
+
+
+def test_helpers_epoch_at_and_identical_histories():
+    h = tuple(map(p.HistoryEntry._make, H12))
+    assert p.divergence_seq(h, h) is None
+    assert [p.epoch_at(h, s) for s in (0, 1, 49, 50, 99)] == [0, 1, 1, 2, 2]
+
+
+# --- PassiveFollower -------------------------------------------------------------------------
+
+def streaming_follower(seq=10, head=12):
+    f = PassiveFollower()
+    f.start(hello(seq=seq))
+    f.on_welcome(welcome(head=head))
+    return f
+
+
+def test_nothing_is_accepted_before_start():
+    f = PassiveFollower()
+    assert f.state == CONNECTING
+    with pytest.raises(ProtocolError, match="unexpected welcome"):
+        f.on_welcome(welcome())
+    with pytest.raises(ProtocolError, match="unexpected entries"):
+        f.on_entries(Entries([entry(1)], 1))
+    with pytest.raises(ProtocolError, match="before welcome"):
+        f.on_heartbeat(Heartbeat(1, 1.0))
+
+
+def test_stream_catch_up_then_realtime_exactly_once():
+    f = PassiveFollower()
+    assert f.start(hello(seq=10)) == hello(seq=10)
+    assert f.state == CONNECTING
+    f.on_welcome(welcome(head=12))
+    assert (f.state, f.mode, f.lag_entries, f.just_reached_realtime) == (SYNCING, STREAM, 2, False)
+
+    assert f.on_entries(Entries([entry(11), entry(12)], head=12)) == [entry(11), entry(12)]
+    assert f.applied(11) == Ack(11)
+    assert not f.just_reached_realtime and f.state == SYNCING and f.lag_entries == 1
+    assert f.applied(12) == Ack(12)
+    assert f.just_reached_realtime and f.state == IN_SYNC and f.lag_entries == 0
+
+    # later lag going to 0 again does not report again
+    f.on_entries(Entries([entry(13)], head=14))
+    assert not f.just_reached_realtime
+    f.on_heartbeat(Heartbeat(14, 200.0))
+    f.on_entries(Entries([entry(14)], head=14))
+    f.applied(14)
+    assert not f.just_reached_realtime and f.state == IN_SYNC
+    assert f.status() == {"state": IN_SYNC, "epoch": 1, "seq": 14, "head": 14, "lag": 0,
+                          "lag_seconds": 0.0}
+
+
+def test_realtime_fires_again_after_reconnect():
+    f = streaming_follower(seq=10, head=11)
+    f.on_entries(Entries([entry(11)], 11))
+    f.applied(11)
+    assert f.just_reached_realtime
+    f.disconnected()
+    assert f.state == CONNECTING and not f.just_reached_realtime
+    with pytest.raises(ProtocolError):
+        f.on_entries(Entries([entry(12)], 12))  # nothing flows until the next hello
+    f.start(hello(seq=11))
+    f.on_welcome(welcome(head=13))
+    f.on_entries(Entries([entry(12), entry(13)], 13))
+    f.applied(12)
+    assert not f.just_reached_realtime
+    f.applied(13)
+    assert f.just_reached_realtime and f.state == IN_SYNC
+
+
+def test_welcome_at_the_same_head_is_realtime_at_once():
+    f = PassiveFollower()
+    f.start(hello(seq=10))
+    f.on_welcome(welcome(head=10))
+    assert f.state == IN_SYNC and f.just_reached_realtime
+    f.on_heartbeat(Heartbeat(10, 5.0))
+    assert not f.just_reached_realtime  # the flag is for one call only
+
+
+def test_heartbeat_raises_head_and_lag():
+    f = streaming_follower(seq=10, head=10)
+    f.on_heartbeat(Heartbeat(15, 300.0))
+    assert f.lag_entries == 5 and f.lag_seconds is None  # the entries have not arrived yet
+
+
+@pytest.mark.parametrize("items, words", [
+    ([entry(12)], "expected seq 11, got 12"),             # gap
+    ([entry(10)], "expected seq 11, got 10"),             # replay / out of order
+    ([entry(11), entry(13)], "expected seq 12, got 13"),  # gap inside a batch
+    ([entry(11), entry(11)], "expected seq 12, got 11"),
+])
+def test_contiguity_errors(items, words):
+    f = streaming_follower(seq=10, head=20)
+    with pytest.raises(ProtocolError, match=words):
+        f.on_entries(Entries(items, head=20))
+    assert f.received_seq == 10  # a rejected batch is not taken in part
+
+
+def test_gap_after_an_accepted_batch():
+    f = streaming_follower(seq=10, head=20)
+    f.on_entries(Entries([entry(11), entry(12)], 20))
+    with pytest.raises(ProtocolError, match="expected seq 13, got 14"):
+        f.on_entries(decode(encode(Entries([entry(14)], 20))))
+
+
+def test_epoch_changes_only_at_promote_markers():
+    f = streaming_follower(seq=10, head=20)
+    with pytest.raises(ProtocolError, match="without a promote marker"):
+        f.on_entries(Entries([entry(11, epoch=2)], 20))
+    with pytest.raises(ProtocolError, match="without a promote marker"):
+        f.on_entries(Entries([entry(11, epoch=0)], 20))  # backwards
+    with pytest.raises(ProtocolError, match="promotes to epoch 1"):
+        f.on_entries(Entries([marker(11, 1, "n9")], 20))
+    f.on_entries(Entries([entry(11), marker(12, 2, "n2"), entry(13, epoch=2)], 20))
+    f.applied(11)
+    assert f.epoch == 1
+    f.applied(13)
+    assert f.epoch == 2
+    with pytest.raises(ProtocolError, match="from epoch 2 to 1"):
+        f.on_entries(Entries([entry(14, epoch=1)], 20))
+
+
+def test_applied_outside_what_was_received_is_a_driver_bug():
+    f = streaming_follower(seq=10, head=20)
+    f.on_entries(Entries([entry(11)], 20))
+    with pytest.raises(ValueError):
+        f.applied(12)
+    f.applied(11)
+    with pytest.raises(ValueError):
+        f.applied(10)
+
+
+def test_stream_welcome_below_our_head_is_rejected():
+    f = PassiveFollower()
+    f.start(hello(seq=10))
+    with pytest.raises(ProtocolError, match="past the active's head 8"):
+        f.on_welcome(welcome(head=8))
+
+
+def test_second_welcome_is_rejected():
+    f = streaming_follower()
+    with pytest.raises(ProtocolError, match="unexpected welcome"):
+        f.on_welcome(welcome())
+
+
+def test_full_catch_up_with_divergent_entries():
+    f = PassiveFollower()
+    f.start(hello(epoch=2, seq=70, history=((1, 1, "n1"), (2, 50, "n3"))))
+    f.on_welcome(welcome(head=60, mode=FULL, divergent=21, history=tuple(H12)))
+    assert (f.state, f.divergent, f.head, f.just_reached_realtime) == (SYNCING, 21, 60, False)
+    with pytest.raises(ProtocolError, match="awaiting snapshot"):
+        f.on_entries(Entries([entry(71, epoch=2)], 71))
+    f.on_heartbeat(Heartbeat(64, 10.0))  # the active moved on while the snapshot was taken
+    assert f.state == SYNCING  # no realtime before the snapshot is in
+
+    snap = Snapshot(62, "snap-62", 4096, SHA)
+    assert f.on_snapshot(snap) == snap
+    with pytest.raises(ProtocolError, match="unexpected snapshot"):
+        f.on_snapshot(snap)
+    with pytest.raises(ValueError):
+        f.snapshot_installed(61)
+    assert f.snapshot_installed(62) == SnapshotDone(62)
+    assert (f.applied_seq, f.epoch, f.state, f.lag_entries) == (62, 2, SYNCING, 2)
+    f.on_entries(Entries([entry(63, epoch=2)], head=64))
+    with pytest.raises(ProtocolError, match="expected seq 64, got 63"):
+        f.on_entries(Entries([entry(63, epoch=2)], head=64))
+    f.applied(63)
+    f.on_entries(Entries([entry(64, epoch=2)], head=64))
+    f.applied(64)
+    assert f.state == IN_SYNC and f.just_reached_realtime
+
+
+def test_snapshot_at_the_head_reaches_realtime_on_install():
+    f = PassiveFollower()
+    f.start(hello(epoch=0, seq=0, history=()))
+    f.on_welcome(welcome(head=30, mode=FULL))
+    f.on_snapshot(Snapshot(30, "s", 1, SHA))
+    f.snapshot_installed(30)
+    assert f.state == IN_SYNC and f.just_reached_realtime
+
+
+def test_snapshot_in_stream_mode_is_unexpected():
+    f = streaming_follower()
+    with pytest.raises(ProtocolError, match="unexpected snapshot"):
+        f.on_snapshot(Snapshot(30, "s", 1, SHA))
+
+
+def test_lag_seconds_is_the_age_of_the_oldest_unapplied_entry_on_the_actives_clock():
+    f = streaming_follower(seq=10, head=10)
+    f.on_entries(Entries([entry(11, time=1000.0), entry(12, time=1003.0)], head=12))
+    assert f.lag_entries == 2 and f.lag_seconds == 3.0
+    f.on_heartbeat(Heartbeat(12, 1010.0))
+    assert f.lag_seconds == 10.0
+    f.applied(11)
+    assert f.lag_seconds == 7.0
+    f.applied(12)
+    assert f.lag_seconds == 0.0
+
+
+# --- ActiveTracker ---------------------------------------------------------------------------
+
+def test_add_states_and_snapshot():
+    t = ActiveTracker(head=10)
+    assert t.add("n2", "198.18.0.12", 11) == IN_SYNC
+    assert t.add("n3", "198.18.0.13", 5) == SYNCING
+    assert t.add("n4", "198.18.0.14", 1) == SYNCING  # full catch-up: holds nothing
+    assert "n2" in t and "n9" not in t
+    assert t.snapshot() == [
+        {"id": "n2", "address": "198.18.0.12", "state": IN_SYNC, "electable": True, "lag": 0},
+        {"id": "n3", "address": "198.18.0.13", "state": SYNCING, "electable": False, "lag": 6},
+        {"id": "n4", "address": "198.18.0.14", "state": SYNCING, "electable": False, "lag": 10},
+    ]
+    with pytest.raises(ValueError):
+        t.add("n2", "x", 11)
+    with pytest.raises(ValueError):
+        t.add("n5", "x", 12)  # claims entries the active does not have
+
+
+def test_group_commit_one_ack_releases_every_write_at_or_below_it():
+    t = ActiveTracker(head=10)
+    t.add("n2", "a", 11)
+    for seq in (11, 12, 13):
+        t.head_advanced(seq, now=1.0)
+        t.on_sent("n2", seq, now=1.0)
+    waiting = [11, 12, 13]
+    assert all(t.must_wait_for(s) == {"n2"} for s in waiting)
+    t.on_ack("n2", 12, now=1.1)
+    assert [s for s in waiting if not t.must_wait_for(s)] == [11, 12]
+    assert t.released_through() == 12
+    assert t.on_ack("n2", 13, now=1.2) is False  # already In-Sync: not a (re)join
+    assert [s for s in waiting if t.must_wait_for(s)] == []
+    assert t.released_through() == 13
+    assert t.must_wait_for(10) == set()  # older writes never wait
+
+
+def test_syncing_passives_hold_nothing_back():
+    t = ActiveTracker(head=10)
+    t.add("n3", "a", 3)
+    t.head_advanced(11, now=0.0)
+    assert t.must_wait_for(11) == set()
+    assert t.released_through() is None
+
+
+def test_several_passives_each_must_ack():
+    t = ActiveTracker(head=5)
+    t.add("n2", "a", 6)
+    t.add("n3", "b", 6)
+    t.add("n4", "c", 2)  # catching up
+    t.head_advanced(8, now=0.0)
+    assert t.must_wait_for(7) == {"n2", "n3"}
+    t.on_ack("n3", 8, now=0.1)
+    assert t.must_wait_for(7) == {"n2"} and t.must_wait_for(8) == {"n2"}
+    t.on_ack("n2", 7, now=0.1)
+    assert t.must_wait_for(7) == set() and t.must_wait_for(8) == {"n2"}
+    assert t.released_through() == 7
+    # the catching-up passive joins when it acks the head, and then counts
+    assert t.on_ack("n4", 7, now=0.2) is False
+    assert t.on_ack("n4", 8, now=0.3) is True
+    t.head_advanced(9, now=0.4)
+    assert t.must_wait_for(9) == {"n2", "n3", "n4"}
+    t.remove("n2")
+    t.remove("n2")  # idempotent
+    assert t.must_wait_for(9) == {"n3", "n4"}
+
+
+def test_sync_timeout_drops_to_syncing_and_ack_of_head_rejoins():
+    t = ActiveTracker(head=10)
+    t.add("n2", "a", 11)
+    t.add("n3", "b", 11)
+    t.head_advanced(11, now=100.0)
+    t.on_sent("n2", 11, now=100.0)
+    t.on_sent("n3", 11, now=100.0)
+    t.on_ack("n3", 11, now=100.1)
+    assert t.expire(now=104.0, sync_timeout=5.0) == []
+    assert t.expire(now=105.0, sync_timeout=5.0) == []  # "older than", not "as old as"
+    assert t.expire(now=105.5, sync_timeout=5.0) == ["n2"]
+    assert t.expire(now=106.0, sync_timeout=5.0) == []  # reported once
+    assert t.snapshot()[0]["state"] == SYNCING and t.snapshot()[0]["electable"] is False
+    assert t.must_wait_for(11) == set()  # writes no longer wait for n2
+
+    t.head_advanced(12, now=106.0)
+    assert t.must_wait_for(12) == {"n3"}
+    assert t.on_ack("n2", 11, now=107.0) is False  # behind the head: still Syncing
+    assert t.on_ack("n2", 12, now=107.5) is True   # acked the head: In-Sync again
+    t.head_advanced(13, now=108.0)
+    assert t.must_wait_for(13) == {"n2", "n3"}
+
+
+def test_timeout_counts_from_the_oldest_unacked_send_after_a_partial_ack():
+    t = ActiveTracker(head=0)
+    t.add("n2", "a", 1)
+    t.head_advanced(1, now=0.0)
+    t.on_sent("n2", 1, now=0.0)
+    t.head_advanced(2, now=4.0)
+    t.on_sent("n2", 2, now=4.0)
+    t.on_ack("n2", 1, now=4.5)
+    assert t.expire(now=6.0, sync_timeout=5.0) == []     # seq 2 is 2 s old
+    assert t.expire(now=9.5, sync_timeout=5.0) == ["n2"]
+
+
+def test_timeout_also_catches_a_sender_that_never_sent():
+    # the connection is stuck: the entry was committed but on_sent was never reached
+    t = ActiveTracker(head=0)
+    t.add("n2", "a", 1)
+    t.head_advanced(1, now=0.0)
+    assert t.expire(now=10.0, sync_timeout=5.0) == ["n2"]
+
+
+def test_idle_in_sync_passive_never_expires():
+    t = ActiveTracker(head=3)
+    t.add("n2", "a", 4)
+    assert t.expire(now=1e9, sync_timeout=5.0) == []
+
+
+def test_commit_times_are_forgotten_once_acked():
+    t = ActiveTracker(head=0)
+    t.add("n2", "a", 1)
+    for s in range(1, 101):
+        t.head_advanced(s, now=float(s))
+        t.on_sent("n2", s, now=float(s))
+        t.on_ack("n2", s, now=float(s))
+    assert len(t._commits) == 0 and len(t._passives["n2"].sends) == 0
+    t.remove("n2")
+    t.head_advanced(101, now=101.0)
+    assert len(t._commits) == 0  # nobody to wait for: nothing recorded
+
+
+def test_bad_acks_and_driver_mistakes():
+    t = ActiveTracker(head=10)
+    t.add("n2", "a", 6)
+    with pytest.raises(ProtocolError, match="ack 11 outside 5..10"):
+        t.on_ack("n2", 11, now=0.0)
+    t.on_ack("n2", 8, now=0.0)
+    with pytest.raises(ProtocolError, match="ack 7 outside 8..10"):
+        t.on_ack("n2", 7, now=0.0)
+    t.on_ack("n2", 8, now=0.0)  # a repeated ack is harmless
+    with pytest.raises(ValueError):
+        t.head_advanced(9, now=0.0)
+    with pytest.raises(ValueError):
+        t.on_sent("n2", 11, now=0.0)
+    with pytest.raises(KeyError):
+        t.on_ack("n9", 1, now=0.0)
+
+
+def test_snapshot_done_counts_as_an_ack():
+    t = ActiveTracker(head=40)
+    t.add("n2", "a", 1)
+    assert t.snapshot()[0]["lag"] == 40
+    t.head_advanced(45, now=0.0)
+    t.on_ack("n2", 38, now=1.0)  # snapshot taken at 38
+    assert t.snapshot()[0] == {"id": "n2", "address": "a", "state": SYNCING,
+                               "electable": False, "lag": 7}
+    assert t.on_ack("n2", 45, now=2.0) is True
+
+
+# --- both ends together ----------------------------------------------------------------------
+
+def test_end_to_end_exchange_through_the_wire_format():
+    """Active and passive state machines talking through encode/decode only."""
+    active_log = [marker(1, 1, "n1")] + [entry(s, time=float(s)) for s in range(2, 8)]
+    tracker = ActiveTracker(head=7)
+    follower = PassiveFollower()
+    passive_applied = [marker(1, 1, "n1"), entry(2, time=2.0), entry(3, time=3.0)]
+
+    h = decode(encode(follower.start(hello(seq=3, history=((1, 1, "n1"),)))))
+    assert check_hello(h, **CLUSTER, drp_id="n1") is None
+    sp = plan_sync(active_history=[(1, 1, "n1")], active_head=7, active_oldest_retained_seq=1,
+                   passive_history=h.history, passive_head=h.seq)
+    assert sp == SyncPlan(STREAM, 4, 0)
+    tracker.add(h.drp_id, "198.18.0.12", sp.start_seq)
+    follower.on_welcome(decode(encode(Welcome("n1", 1, 7, ((1, 1, "n1"),), sp.mode, 0))))
+
+    batch = Entries(active_log[sp.start_seq - 1:], head=7)
+    tracker.on_sent("n2", 7, now=10.0)
+    for item in follower.on_entries(decode(encode(batch))):
+        passive_applied.append(item)
+    ack = decode(encode(follower.applied(7)))
+    assert follower.just_reached_realtime and passive_applied == active_log
+    assert tracker.on_ack("n2", ack.seq, now=10.1) is True
+    assert tracker.snapshot()[0]["electable"] is True
