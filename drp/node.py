@@ -64,6 +64,7 @@ class Node:
     passive_states: Callable[[], list[dict]] = lambda: []
     switch_role: Callable[[str], Any] | None = None  # async fn("active"|"passive")
     status_line: Callable[[str], None] = lambda text: None
+    websockets: set = field(default_factory=set)  # cancel scopes of open websocket handlers
     hub: Any = None  # the active's replication hub (drp.ha.sender.Hub) while active
     cert_path: Path | None = None
     key_path: Path | None = None

@@ -37,7 +37,7 @@ def hypercorn_config(port: int, cert: Path | None = None, key: Path | None = Non
         hc.certfile, hc.keyfile = str(cert), str(key)
     hc.accesslog = None
     hc.errorlog = logging.getLogger("drp.http")
-    hc.graceful_timeout = STOP_GRACE - 1
+    hc.graceful_timeout = 1.0
     hc.keep_alive_timeout = 75
     return hc
 
@@ -79,10 +79,13 @@ class Server:
         app = create_app(node)
         # Tasks that never end on their own (signal watcher, watchdog): cancelled once a stop
         # begins, so a graceful stop takes as long as the services need, not the full grace.
-        daemons = trio.CancelScope()
+        daemons: list[trio.CancelScope] = []
 
         async def daemon(fn, *args):
-            with daemons:
+            with trio.CancelScope() as scope:  # a scope may be entered only once: one each
+                daemons.append(scope)
+                if self.stop.is_set():  # started after the stop began
+                    scope.cancel()
                 await fn(*args)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(daemon, self._watch_signals, node, nursery.cancel_scope)
@@ -93,9 +96,14 @@ class Server:
                      node.drp_id, cfg.base_root)
             for start in self._extra_services(node):
                 await nursery.start(start)
+            ha_scope = trio.CancelScope()
             if cfg.ha_enabled:
                 from drp.ha.supervisor import run_supervisor
-                await nursery.start(run_supervisor, node)
+
+                async def run_ha(task_status=trio.TASK_STATUS_IGNORED):
+                    with ha_scope:
+                        await run_supervisor(node, task_status=task_status)
+                await nursery.start(run_ha)
             else:
                 node.status_line("standalone: serving")
             systemd.notify("READY=1")
@@ -105,7 +113,11 @@ class Server:
             await self.stop.wait()
             systemd.notify("STOPPING=1")
             log.info("stopping")
-            daemons.cancel()
+            ha_scope.cancel()  # the role's shielded cleanup removes the VIP first
+            for scope in list(node.websockets):  # hypercorn leaves open websockets alone
+                scope.cancel()
+            for scope in daemons:
+                scope.cancel()
             # Hypercorn drains HTTP for graceful_timeout; anything still running after the
             # grace period (open websockets, role subtrees) is cancelled.
             nursery.cancel_scope.deadline = trio.current_time() + STOP_GRACE

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
+
+import trio
 
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
@@ -20,6 +23,17 @@ def json_response(data, status: int = 200, headers: dict | None = None) -> Respo
                     content_type="application/json")
 
 
+@contextmanager
+def websocket_scope(node: Node):
+    """Run a websocket handler in a scope the server cancels when it stops."""
+    with trio.CancelScope() as scope:
+        node.websockets.add(scope)
+        try:
+            yield scope
+        finally:
+            node.websockets.discard(scope)
+
+
 def create_app(node: Node) -> QuartTrio:
     app = QuartTrio("drp")
     streaming.install(app)  # request bodies stream with backpressure (uploads of any size)
@@ -27,7 +41,7 @@ def create_app(node: Node) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
     app.node = node
-    app.authenticator = authn.Authenticator(node.store)
+    app.authenticator = authn.Authenticator(node.store, node.cfg.ha_token)
 
     @app.before_request
     async def _auth_http():

@@ -15,9 +15,15 @@ def _unauthorized(why: str) -> ApiError:
     return ApiError(401, why, type_="AUTH_ERROR")
 
 
+# Who a node that holds no users yet (a passive before its first catch-up) lets in: the
+# default login and the cluster's own --ha-token, so operators can still ask it how it is doing.
+_EMPTY_STORE_USER = {"Name": auth.DEFAULT_USER, "Roles": ["superuser"]}
+
+
 class Authenticator:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, ha_token: str | None = None):
         self.store = store
+        self.ha_token = ha_token
         # scrypt costs ~50 ms: remember good (user, password, stored hash) triples, so a
         # changed password or a replaced user misses the cache.
         self._good_basic: set[str] = set()
@@ -47,6 +53,9 @@ class Authenticator:
         except Exception:
             raise _unauthorized("garbled Basic credentials") from None
         user = await self.user(name)
+        if user is None and (name, password) == (auth.DEFAULT_USER, auth.DEFAULT_PASSWORD) \
+                and await self._store_is_empty():
+            return _EMPTY_STORE_USER
         if user is None or not user.get("PasswordHash"):
             raise _unauthorized("bad username or password")
         fingerprint = hashlib.sha256(
@@ -67,6 +76,9 @@ class Authenticator:
         except auth.TokenError as e:
             raise _unauthorized(str(e)) from None
         user = await self.user(name)
+        if user is None and self.ha_token and token == self.ha_token \
+                and await self._store_is_empty():
+            return {**_EMPTY_STORE_USER, "Name": name}
         if user is None:
             raise _unauthorized("token for an unknown user")
         try:
@@ -74,6 +86,11 @@ class Authenticator:
         except auth.TokenError as e:
             raise _unauthorized(str(e)) from None
         return user
+
+
+    async def _store_is_empty(self) -> bool:
+        return await self.store.read(lambda c: c.execute(
+            "SELECT 1 FROM objects WHERE kind IN ('users', 'secrets') LIMIT 1").fetchone() is None)
 
 
 def is_superuser(user: dict) -> bool:

@@ -10,6 +10,7 @@ from quart_trio.wrappers.response import TrioResponse as Response
 from werkzeug.routing import BaseConverter
 
 from drp.api.app import json_response
+from drp.api.streaming import chunks_of
 from drp.blob import storage
 from drp.blob.gate import gate_for
 from drp.blob.send import Opened, blob_response, open_blob
@@ -72,7 +73,7 @@ async def upload(area: str, rel: str, model: str) -> dict:
     except PathError as e:
         raise _api_error(e, model, rel) from None
     mode = storage.MODES.get(area, 0o644)
-    staged = await storage.stage(target, request.body)
+    staged = await storage.stage(target, chunks_of(request.body, storage.CHUNK))
     try:
         want = request.headers.get("X-DRP-SHA256SUM", "").strip().lower()
         if want and want != staged.sha256:

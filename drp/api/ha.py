@@ -13,7 +13,7 @@ import logging
 import trio
 from quart import Blueprint, current_app, request, websocket
 
-from drp.api.app import json_response
+from drp.api.app import json_response, websocket_scope
 from drp.api.authn import is_superuser
 from drp.api.system import stats
 from drp.blob import storage
@@ -58,7 +58,8 @@ async def replicate():
         await websocket.send(p.encode(p.Refuse(reason, "not_active")))
         return
     try:
-        await hub.serve(websocket, address)
+        with websocket_scope(node):
+            await hub.serve(websocket, address)
     except p.ProtocolError as e:
         log.warning("replication session with %s ended: %s", address, e)
 
@@ -105,6 +106,8 @@ async def _switch(role: str):
     await node.switch_role(role, done)
     with trio.move_on_after(SWITCH_TIMEOUT):
         await done.wait()
+    if done.is_set() and node.ha_role != role and node.ha_reason:
+        raise ApiError(409, node.ha_reason, model="system", key=role)
     return json_response(info(node, await stats()))
 
 

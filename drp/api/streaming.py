@@ -9,37 +9,94 @@ control slows the client. A handler that awaits the whole body (JSON requests) i
 from __future__ import annotations
 
 from quart_trio.asgi import TrioASGIHTTPConnection
+from werkzeug.exceptions import RequestEntityTooLarge
 from quart_trio.wrappers.request import EventWrapper, TrioBody, TrioRequest
 
 LIMIT = 4 << 20
 
 
 class BoundedBody(TrioBody):
+    """Chunks are kept as a list (no copying on append); the consumer can ask for at least n
+    bytes at a time (`read_some`) and is woken once per n bytes, not once per TLS record."""
+
     def __init__(self, expected_content_length, max_content_length):
         super().__init__(expected_content_length, max_content_length)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._want = 1  # wake the consumer once this many bytes are buffered
         self._whole = False  # someone awaits the complete body: never hold the sender back
         self._room = EventWrapper()
 
+    # the sending side (hypercorn -> handle_messages)
+    def append(self, data: bytes) -> None:
+        if data == b"" or self._must_raise is not None:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._max_content_length is not None and self._size > self._max_content_length:
+            self._must_raise = RequestEntityTooLarge()
+            self.set_complete()
+        elif self._size >= self._want:
+            self._has_data.set()
+
+    async def wait_room(self) -> None:
+        while (self._size > LIMIT and not self._whole and not self._complete.is_set()
+               and self._must_raise is None):
+            self._room.clear()
+            await self._room.wait()
+
+    def _take(self) -> bytes:
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks, self._size = [], 0
+        self._has_data.clear()
+        self._room.set()
+        return data
+
+    # the consuming side (the handler)
+    async def read_some(self, at_least: int = 1) -> bytes:
+        """Whatever is buffered once at least `at_least` bytes are (or the body ended);
+        b"" at the end of the body."""
+        if self._must_raise is not None:
+            raise self._must_raise
+        self._want = max(1, at_least)
+        while self._size < self._want and not self._complete.is_set():
+            self._has_data.clear()
+            await self._has_data.wait()
+            if self._must_raise is not None:
+                raise self._must_raise
+        return self._take()
+
     async def __anext__(self) -> bytes:
-        try:
-            return await super().__anext__()
-        finally:
-            self._room.set()
+        data = await self.read_some(1)
+        if not data:
+            raise StopAsyncIteration()
+        return data
 
     def __await__(self):
         self._whole = True
         self._room.set()
-        return super().__await__()
+        if self._must_raise is not None:
+            raise self._must_raise
+        yield from self._complete.wait().__await__()
+        if self._must_raise is not None:
+            raise self._must_raise
+        data = b"".join(self._chunks)
+        self._chunks, self._size = [data] if data else [], len(data)
+        return data
 
     def clear(self) -> None:
-        super().clear()
+        self._chunks, self._size = [], 0
         self._room.set()
 
-    async def wait_room(self) -> None:
-        while (len(self._data) > LIMIT and not self._whole and not self._complete.is_set()
-               and self._must_raise is None):
-            self._room.clear()
-            await self._room.wait()
+
+async def chunks_of(body, size: int):
+    """Iterate a request body in pieces of at least `size` bytes (the last may be smaller)."""
+    if not isinstance(body, BoundedBody):
+        async for chunk in body:
+            yield chunk
+        return
+    while data := await body.read_some(size):
+        yield data
 
 
 class BoundedRequest(TrioRequest):

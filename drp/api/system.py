@@ -8,7 +8,7 @@ import trio
 from quart import Blueprint, current_app, request, websocket
 
 from drp import auth, node as nodemod
-from drp.api.app import json_response
+from drp.api.app import json_response, websocket_scope
 from drp.api.authn import is_superuser
 from drp.api.objects import json_body
 from drp.config import parse_duration
@@ -106,22 +106,28 @@ async def events():
                 except trio.WouldBlock:
                     log.warning("event subscriber too slow; dropping an event")
 
+    store.listeners.append(listener)
+    try:
+        with websocket_scope(current_app.node):
+            await _serve_events(recv, patterns)
+    finally:
+        store.listeners.remove(listener)
+
+
+async def _serve_events(recv, patterns: set[str]) -> None:
+    """Send matching events while reading register/deregister commands."""
     async def pump():
         async for event in recv:
             await websocket.send(json.dumps(event))
 
-    store.listeners.append(listener)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump)
-            while True:
-                msg = (await websocket.receive()).strip()
-                verb, _, pattern = msg.partition(" ")
-                if verb == "register" and pattern:
-                    patterns.add(pattern)
-                elif verb == "deregister":
-                    patterns.discard(pattern)
-                else:
-                    await websocket.send(json.dumps({"Error": f"unknown command {msg!r}"}))
-    finally:
-        store.listeners.remove(listener)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump)
+        while True:
+            msg = (await websocket.receive()).strip()
+            verb, _, pattern = msg.partition(" ")
+            if verb == "register" and pattern:
+                patterns.add(pattern)
+            elif verb == "deregister":
+                patterns.discard(pattern)
+            else:
+                await websocket.send(json.dumps({"Error": f"unknown command {msg!r}"}))

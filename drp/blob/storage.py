@@ -163,11 +163,19 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name[:180]}{TEMP_MARK}{secrets.token_hex(6)}")
 
 
-def _write_all(fd: int, hasher, data: bytes) -> None:
-    hasher.update(data)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, hasher, pieces: list[bytes]) -> int:
+    for piece in pieces:
+        hasher.update(piece)
+    views = [memoryview(p) for p in pieces if p]
+    written = sum(len(v) for v in views)
+    while views:
+        n = os.writev(fd, views[:512])
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
+    return written
 
 
 def _hash_existing(fd: int, hasher) -> int:
@@ -189,16 +197,16 @@ async def stage(target: Path, chunks: AsyncIterable[bytes], *,
     hasher = hashlib.sha256()
     try:
         size = await trio.to_thread.run_sync(_hash_existing, fd, hasher) if tmp == resume else 0
-        buf = bytearray()
+        pending: list[bytes] = []
+        pending_size = 0
         async for chunk in chunks:
-            buf += chunk
-            if len(buf) >= CHUNK:
-                data, buf = bytes(buf), bytearray()
-                await trio.to_thread.run_sync(_write_all, fd, hasher, data)
-                size += len(data)
-        if buf:
-            await trio.to_thread.run_sync(_write_all, fd, hasher, bytes(buf))
-            size += len(buf)
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= CHUNK:
+                size += await trio.to_thread.run_sync(_write_all, fd, hasher, pending)
+                pending, pending_size = [], 0
+        if pending:
+            size += await trio.to_thread.run_sync(_write_all, fd, hasher, pending)
         await trio.to_thread.run_sync(os.fsync, fd)
     except BaseException:
         os.close(fd)

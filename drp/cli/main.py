@@ -9,7 +9,12 @@ from typing import Callable
 
 import jsonpatch
 
-from drp.cli.client import CliError, Client
+# httpx imports its own command line (click and rich, about 0.1 s) whenever those are installed;
+# drpcli never uses it and every run would pay for it. A None entry makes that import fail, and
+# httpx then goes without (its `except ImportError` fallback).
+sys.modules.setdefault("httpx._main", None)
+
+from drp.cli.client import CliError, Client  # noqa: E402
 from drp.models import KINDS
 
 USAGE = """usage: drpcli [-E ENDPOINT] [-U USER] [-P PASSWORD] [-T TOKEN] KIND VERB [ARGS...]
@@ -83,7 +88,12 @@ def generic(client: Client, kind: str, verb: str, args: list[str]):
         return None
     if verb == "create":
         _need(args, 1, f"{kind} create JSON")
-        body = read_json(args[0])
+        try:
+            body = read_json(args[0])
+        except CliError:
+            if args[0] == "-" or args[0].lstrip().startswith(("{", "[")):
+                raise
+            body = args[0]  # not JSON and not a file: a bare key
         if isinstance(body, str):  # `drpcli profiles create foo` creates by key alone
             body = {k.key: body}
         return client.json("POST", f"/{kind}", body)
@@ -188,10 +198,7 @@ def run(argv: list[str]) -> int:
 
 def _load_plugins() -> None:
     """Command groups that live in their own modules register themselves on import."""
-    try:
-        import drp.cli.blobs  # noqa: F401
-    except ImportError:
-        pass
+    import drp.cli.blobs  # noqa: F401
 
 
 def main() -> None:

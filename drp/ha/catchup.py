@@ -46,18 +46,21 @@ class LocalBlobs:
         self.node = node
         self.base = node.cfg.base_root
 
-    def known_sha(self, path: str, rows: dict) -> str | None:
+    def known_sha(self, path: str, size: int, rows: dict) -> str | None:
+        """The sha256 of the file we hold at path, when it has the manifest's size: noted at
+        fetch time, known from our own blobs row, or (a fetch killed between its rename and
+        its note) hashed now, which is still cheaper than fetching it again."""
         target = storage.disk_path(self.base, path)
         stamp = _stamp(target)
-        if stamp is None:
+        if stamp is None or int(stamp.split(":")[0]) != size:
             return None
         noted = self.node.store.local_get_sync(f"sha:{path}")
         if noted and noted.rsplit(":", 1)[0] == stamp:
             return noted.rsplit(":", 1)[1]
         row = rows.get(path)
-        if row and row[0] == target.stat().st_size and row[1]:
+        if row and row[1]:
             return row[1]  # applied by us from the change log, so its bytes are that version
-        return None
+        return storage.file_sha256(target)[1]
 
     def note(self, path: str, sha: str) -> None:
         stamp = _stamp(storage.disk_path(self.base, path))
@@ -98,7 +101,7 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
                 target = storage.disk_path(base, path)
                 if not divergent and have and have[0] == size and _stamp(target):
                     continue
-            elif local.known_sha(path, rows) == sha:
+            elif local.known_sha(path, size, rows) == sha:
                 continue
             need.append((path, size, sha, mode))
         return need

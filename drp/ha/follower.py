@@ -28,6 +28,7 @@ REALTIME = "Stream switch to realtime streaming"
 MAX_MESSAGE = 256 << 20
 BACKOFF_MAX = 5.0
 REFUSED_RETRY = 30.0
+STALL_TIMEOUT = 10.0  # no message (not even a heartbeat) for this long: reconnect
 
 
 class Refused(Exception):
@@ -59,6 +60,7 @@ def _describe(exc: BaseException) -> str:
 class Follower:
     def __init__(self, node):
         self.node = node
+        self.welcomed = False  # the current session got a welcome
         self.store = node.store
         self.cfg = node.cfg
         self.proto = p.PassiveFollower()
@@ -73,10 +75,16 @@ class Follower:
         backoff = 0.2
         try:
             while True:
+                self.welcomed = False
                 try:
                     await self._session()
-                    backoff = 0.2
                 except Refused as r:
+                    if r.refuse.code == "not_active":  # the VIP is changing hands: retry soon
+                        log.info("%s is not the active (yet): %s; retrying in %.1fs",
+                                 self.cfg.join_url, r.refuse.reason, backoff)
+                        await trio.sleep(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        continue
                     self.node.ha_reason = r.refuse.reason
                     self.node.ha_status = "Refused"
                     self._status(f"passive: refused by the active: {r.refuse.reason}")
@@ -87,6 +95,8 @@ class Follower:
                 except Exception as e:  # noqa: BLE001 — every failure means: reconnect
                     log.warning("replication from %s: %s; reconnecting in %.1fs",
                                 self.cfg.join_url, _describe(e), backoff)
+                if self.welcomed:  # a session that got going: reconnect promptly
+                    backoff = 0.2
                 self.proto.disconnected()
                 self.node.ha_status = p.CONNECTING
                 self._status(f"passive: connecting to {self.cfg.join_url}")
@@ -119,6 +129,7 @@ class Follower:
                 raise p.ProtocolError(f"expected welcome, got {msg.type}")
             await self._check_pin(ws, msg.drp_id)
             self.proto.on_welcome(msg)
+            self.welcomed = True
             self.node.ha_active_id, self.node.ha_reason = msg.drp_id, ""
             self.node.ha_status = p.SYNCING
             if msg.mode == p.FULL:
@@ -180,7 +191,11 @@ class Follower:
     async def _stream(self, ws) -> None:
         last_report = time.monotonic()
         while True:
-            msg = p.decode(await ws.get_message())
+            msg = None
+            with trio.move_on_after(STALL_TIMEOUT):
+                msg = p.decode(await ws.get_message())
+            if msg is None:  # the active heartbeats every second when idle: it is gone
+                raise p.ProtocolError(f"nothing from the active for {STALL_TIMEOUT:.0f}s")
             if isinstance(msg, p.Entries):
                 entries = [from_wire(e) for e in self.proto.on_entries(msg)]
                 # Apply what was received even if the role is being switched right now.

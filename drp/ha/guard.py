@@ -1,20 +1,33 @@
-"""Split-brain guard: before taking the VIP, make sure no other node is serving as active."""
+"""Split-brain guard: before taking the VIP, make sure no other node is serving as active.
+
+Two looks: an ARP probe for the VIP (answered by another MAC: someone holds it) and, when the
+VIP is held or --ha-join points elsewhere, /api/v3/info there (`ha_is_active` and `id`).
+
+- VIP held and an active with another drp-id behind it: refuse.
+- VIP held by a node handing over (it answers, no longer active): wait for it to let go,
+  bounded, so `USR2 there; USR1 here` typed back to back works.
+- VIP held but no dr-provision answers behind it (a crashed or kill -9'd node whose kernel
+  still has the address): take over with a warning; that is what crash failover needs.
+"""
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlparse
 
 import httpx
+import trio
 
 from drp.ha import vip
 
 log = logging.getLogger("drp.ha")
-ARP_PROBE_TIMEOUT = 0.15  # ARP answers on a LAN take well under a millisecond
+ARP_PROBE_TIMEOUT = 0.1  # ARP answers on a LAN take well under a millisecond
 INFO_TIMEOUT = 1.0
+RELEASE_POLL = 0.05  # while a node hands over, how often to look whether it let the VIP go
 
 
-async def _active_at(url: str, token: str, my_id: str) -> str | None:
-    """The drp-id of a *different* node answering at url as active, if any."""
+async def _info_at(url: str, token: str, my_id: str) -> dict | None:
+    """/api/v3/info of a *different* dr-provision answering at url, if any."""
     try:
         async with httpx.AsyncClient(verify=False, timeout=INFO_TIMEOUT) as http:
             resp = await http.get(url.rstrip("/") + "/api/v3/info",
@@ -22,9 +35,33 @@ async def _active_at(url: str, token: str, my_id: str) -> str | None:
         info = resp.json() if resp.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return None
-    if info.get("ha_is_active") and info.get("id") not in (None, my_id):
-        return info["id"]
-    return None
+    if not isinstance(info, dict) or info.get("id") in (None, my_id):
+        return None
+    return info
+
+
+async def _probe(iface: str, ip: str) -> str | None:
+    try:
+        return await vip.arp_probe(iface, ip, timeout=ARP_PROBE_TIMEOUT)
+    except vip.VipError as e:
+        log.warning("split-brain guard: ARP probe failed: %s", e)
+        return None
+
+
+async def _wait_release(iface: str, ip: str, holder: str, other_id: str,
+                        timeout: float) -> str | None:
+    """Wait (bounded) for a node that is handing over to drop the VIP. Returns the MAC still
+    answering for it at the end, or None once it is gone."""
+    log.info("VIP %s is still held by %s (%s), which is handing over; waiting up to %.0fs for "
+             "it to let go", ip, other_id, holder, timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await trio.sleep(RELEASE_POLL)
+        holder = await _probe(iface, ip)
+        if holder is None:
+            log.info("VIP %s released by %s", ip, other_id)
+            return None
+    return holder
 
 
 async def other_active(node) -> str | None:
@@ -33,20 +70,29 @@ async def other_active(node) -> str | None:
     vip_ip = str(cfg.ha_address.ip)
     join = cfg.join_url
     join_is_vip = urlparse(join).hostname == vip_ip
+    vip_url = f"https://{vip_ip}:{cfg.api_port}/"
     holder = None
     if cfg.ha_interface != "lo":
-        try:
-            holder = await vip.arp_probe(cfg.ha_interface, vip_ip, timeout=ARP_PROBE_TIMEOUT)
-        except vip.VipError as e:
-            log.warning("split-brain guard: ARP probe failed: %s", e)
+        holder = await _probe(cfg.ha_interface, vip_ip)
     if holder:
-        other = await _active_at(f"https://{vip_ip}:{cfg.api_port}/", cfg.ha_token, node.drp_id)
-        if other:
-            return f"VIP {vip_ip} is answered by {holder}, where {other} serves as active"
-        log.warning("VIP %s is still answered by %s but no active dr-provision answers there "
-                    "(a crashed node?); taking it over", vip_ip, holder)
+        info = await _info_at(vip_url, cfg.ha_token, node.drp_id)
+        if info and not info.get("ha_is_active"):
+            holder = await _wait_release(cfg.ha_interface, vip_ip, holder, info["id"],
+                                         cfg.ha_handover_timeout + 2)
+            if holder:
+                info = await _info_at(vip_url, cfg.ha_token, node.drp_id)
+        if holder and info and info.get("ha_is_active"):
+            return (f"VIP {vip_ip} is answered by {holder}, where {info['id']} serves as "
+                    "active")
+        if holder and info:
+            return (f"VIP {vip_ip} is still held by {info['id']} ({holder}), which is not "
+                    f"active: remove it there (`ip addr del {cfg.ha_address} dev "
+                    f"{cfg.ha_interface}`)")
+        if holder:
+            log.warning("VIP %s is still answered by %s but no dr-provision answers there (a "
+                        "crashed node?); taking it over", vip_ip, holder)
     if not join_is_vip:  # when the join URL is the VIP, the ARP probe already answered this
-        other = await _active_at(join, cfg.ha_token, node.drp_id)
-        if other:
-            return f"{join} is served by another active ({other})"
+        info = await _info_at(join, cfg.ha_token, node.drp_id)
+        if info and info.get("ha_is_active"):
+            return f"{join} is served by another active ({info['id']})"
     return None

@@ -57,6 +57,16 @@ class Hub:
         self._changed = trio.Event()
         self.snapshot_dir = self.cfg.base_root / "ha" / "snapshots"
         self.snapshots: dict[str, Path] = {}
+        self.closed = False
+        self._sessions: set[trio.CancelScope] = set()
+
+    def close(self) -> None:
+        """The role ended: end every replication session (their passives reconnect to
+        whoever holds the VIP next) and release writes waiting for acks."""
+        self.closed = True
+        for scope in self._sessions:
+            scope.cancel()
+        self._wake()
 
     # ---- sync gate ------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -73,7 +83,7 @@ class Hub:
         if not self.tracker.must_wait_for(seq):
             return
         started = time.monotonic()
-        while self.tracker.must_wait_for(seq):
+        while self.tracker.must_wait_for(seq) and not self.closed:
             await self._changed.wait()
         SYNC_WAIT.observe(time.monotonic() - started)
 
@@ -98,7 +108,18 @@ class Hub:
 
     # ---- one passive ----------------------------------------------------------------------
     async def serve(self, ws, address: str) -> None:
-        """Run one replication session on a websocket (send/receive of text frames)."""
+        """Run one replication session on a websocket (send/receive of text frames), until
+        it ends or the hub is closed."""
+        if self.closed:
+            return
+        with trio.CancelScope() as scope:
+            self._sessions.add(scope)
+            try:
+                await self._serve(ws, address)
+            finally:
+                self._sessions.discard(scope)
+
+    async def _serve(self, ws, address: str) -> None:
         with trio.fail_after(HELLO_TIMEOUT):
             hello = p.decode(await ws.receive())
         if not isinstance(hello, p.Hello):

@@ -1,14 +1,19 @@
 """The HA role state machine: one role subtree at a time, switched by USR1/USR2 or the API.
 
 Each role runs in its own nursery; a switch cancels it (after a graceful handover when leaving
-ACTIVE) and starts the other. Switch requests go through a queue so a second request arriving
-mid-switch waits its turn instead of interleaving.
+ACTIVE) and starts the other. Switch requests go through a queue and are carried out one at a
+time, in order: a second request arriving mid-switch waits its turn instead of interleaving.
+A request for the role the node already has is logged and ignored.
+
+Becoming active is guarded against split brain (drp.ha.guard) while the passive subtree still
+follows, so a refused switch leaves the node following as before.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import trio
@@ -32,6 +37,7 @@ def read_state(base_root: Path) -> bool | None:
 
 
 def write_state(base_root: Path, passive: bool) -> None:
+    """Atomically persist the role (temp file, fsync, rename, fsync the directory)."""
     path = base_root / STATE_FILE
     tmp = path.with_name(f".{STATE_FILE}.tmp")
     with open(tmp, "w") as f:
@@ -39,6 +45,17 @@ def write_state(base_root: Path, passive: bool) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(base_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _warm_up() -> None:
+    """Import pyroute2 and scapy now (~0.35 s together) rather than in the first switch."""
+    import pyroute2  # noqa: F401
+    vip._scapy()
 
 
 class Supervisor:
@@ -46,16 +63,25 @@ class Supervisor:
         self.node = node
         self.cfg = node.cfg
         self._send, self._recv = trio.open_memory_channel(32)
+        self.role: str | None = None
+        self.switching: str | None = None  # the role a switch in progress is heading for
 
     async def request_switch(self, role: str, done: trio.Event | None = None) -> None:
-        """Queue a switch; `done` is set once it has been carried out (or ignored)."""
-        await self._send.send((role, done))
+        """Queue a switch; `done` is set once it has been carried out, refused or ignored."""
+        if role not in ("active", "passive"):
+            raise ValueError(f"unknown role {role!r}")
+        if self.switching is not None:
+            log.info("switch to %s queued: the switch to %s is still in progress", role,
+                     self.switching)
+        await self._send.send((role, done, time.monotonic()))
 
     def initial_role(self) -> str:
         kept = read_state(self.cfg.base_root)
         if kept is not None:
             role = "passive" if kept else "active"
-            log.info("starting %s: decided by %s", role, self.cfg.base_root / STATE_FILE)
+            log.info("starting %s: decided by %s (--ha-passive=%s is only used when that file "
+                     "is missing)", role, self.cfg.base_root / STATE_FILE,
+                     str(self.cfg.ha_passive).lower())
         else:
             role = "passive" if self.cfg.ha_passive else "active"
             log.info("starting %s: decided by --ha-passive=%s (no %s yet)", role,
@@ -63,51 +89,86 @@ class Supervisor:
         return role
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from drp.ha import guard, roles
-        node, cfg = self.node, self.cfg
-        await self._remove_leftover_vip()
+        from drp.ha import guard
+        node = self.node
         role = self.initial_role()
-        node.switch_role = self.request_switch
-        task_status.started()
-        done: trio.Event | None = None
-        while True:
+        async with trio.open_nursery() as nursery:
+            if self.cfg.ha_interface != "lo":
+                nursery.start_soon(trio.to_thread.run_sync, _warm_up)
+            await self._remove_leftover_vip()
+            node.switch_role = self.request_switch
+            task_status.started()
+            began, done = time.monotonic(), None
             if role == "active":
-                reason = await guard.other_active(node)
-                if reason:
-                    log.error("refusing to become active: %s. Stay passive; make that node "
-                              "passive first (systemctl kill -s USR2 dr-provision there) or "
-                              "stop it, then send USR1 here again", reason)
+                self.switching = "active"
+                if await self._refused(guard, began):
                     role = "passive"
-            await trio.to_thread.run_sync(write_state, cfg.base_root, role == "passive")
-            runner = roles.run_active if role == "active" else roles.run_passive
-            async with trio.open_nursery() as subtree:
-                await subtree.start(runner, node)
+            while True:
+                role, began, done = await self._run_role(role, began, done)
+
+    async def _refused(self, guard, began: float) -> bool:
+        """Run the split-brain guard; True (and logged, with what to do) when it says no."""
+        reason = await guard.other_active(self.node)
+        if reason:
+            self.node.ha_reason = f"refused to become active: {reason}"
+            log.error("refusing to become active: %s. This node stays passive. If that node "
+                      "should stop being the active, switch it to passive first (`systemctl "
+                      "kill -s USR2 dr-provision` or `drpcli system passive` there) or stop "
+                      "it, then switch this node again (USR1 or `drpcli system active`)", reason)
+            return True
+        log.info("split-brain guard: no other active answers for %s (%.0f ms after the switch "
+                 "began)", self.cfg.ha_address.ip, (time.monotonic() - began) * 1000)
+        return False
+
+    async def _run_role(self, role: str, began: float, done: trio.Event | None):
+        """Run `role` until a switch to the other role is asked for (and allowed).
+        Returns the next (role, time that switch began, its done event)."""
+        from drp.ha import guard, roles
+        node = self.node
+        self.switching = role
+        await trio.to_thread.run_sync(write_state, self.cfg.base_root, role == "passive")
+        runner = roles.run_active if role == "active" else roles.run_passive
+        async with trio.open_nursery() as subtree:
+            if not await subtree.start(runner, node, began):  # could not take the VIP
+                role = "passive"
+                await trio.to_thread.run_sync(write_state, self.cfg.base_root, True)
+                await subtree.start(roles.run_passive, node, began)
+            self.role, self.switching = role, None
+            if done is not None:
+                done.set()
+            while True:
+                want, done, began = await self._recv.receive()
+                if want == role:
+                    log.info("already %s; ignoring the switch to %s", role, want)
+                elif want == "active":
+                    log.info("switching from passive to active")
+                    self.switching = want
+                    if not await self._refused(guard, began):
+                        break
+                    self.switching = None
+                else:
+                    log.info("switching from active to passive")
+                    self.switching = want
+                    await roles.handover(node)
+                    break
                 if done is not None:
                     done.set()
-                while True:
-                    want, done = await self._recv.receive()
-                    if want != role:
-                        break
-                    log.info("already %s; ignoring the switch to %s", role, want)
-                    if done is not None:
-                        done.set()
-                log.info("switching from %s to %s", role, want)
-                if role == "active":
-                    await roles.handover(node)
-                subtree.cancel_scope.cancel()
-            role = want
+            node.ha_reason = ""
+            subtree.cancel_scope.cancel()
+        return want, began, done
 
     async def _remove_leftover_vip(self) -> None:
         """A VIP left on our interface by a crash would answer ARP for a node that is not
         serving; whichever role we take, it goes first (the active role adds it back)."""
         cfg = self.cfg
+        iface, cidr = cfg.ha_interface, str(cfg.ha_address)
         try:
-            if cfg.ha_interface_script is None and await vip.has_vip(cfg.ha_interface,
-                                                                     str(cfg.ha_address)):
-                log.warning("removing VIP %s left behind on %s", cfg.ha_address,
-                            cfg.ha_interface)
-            await vip.remove_vip(cfg.ha_interface, str(cfg.ha_address),
-                                 script=_script(cfg))
+            if cfg.ha_interface_script is None:
+                if not await vip.has_vip(iface, cidr):
+                    return
+                log.warning("removing VIP %s left behind on %s (by a crash or kill -9?)", cidr,
+                            iface)
+            await vip.remove_vip(iface, cidr, script=_script(cfg))
         except vip.VipError as e:
             log.error("could not remove a leftover VIP: %s", e)
 

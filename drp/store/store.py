@@ -222,12 +222,20 @@ class Store:
 
     async def apply_replicated(self, entries: list[dict]) -> None:
         """A passive's replay: each entry in its own transaction, position included."""
+        if not entries:
+            return
+        applied: list[dict] = []
         async with self._writer:
-            await trio.to_thread.run_sync(self._apply_entries, entries)
-            self._set_position(entries[-1]["seq"], self.epoch_after(entries))
-        self._notify(entries)
+            try:
+                await trio.to_thread.run_sync(self._apply_entries, entries, applied)
+            finally:
+                # Entries before a failing one are committed: the position must say so, or
+                # the next write would reuse their seqs.
+                if applied:
+                    self._set_position(applied[-1]["seq"], self.epoch_after(applied))
+        self._notify(applied)
 
-    def _apply_entries(self, entries: list[dict]) -> None:
+    def _apply_entries(self, entries: list[dict], applied: list[dict]) -> None:
         conn = self._writer_conn
         for entry in entries:
             conn.execute("BEGIN IMMEDIATE")
@@ -237,6 +245,7 @@ class Store:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            applied.append(entry)
         if entries and entries[-1]["seq"] % 1000 < len(entries):
             conn.execute("DELETE FROM changes WHERE seq <= ?", (entries[-1]["seq"] - self.retention,))
 

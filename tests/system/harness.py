@@ -649,7 +649,7 @@ class SystemdNode:
         try:
             self.start()
         except BaseException:
-            self._save_diagnostics("boot failed")
+            self.save_diagnostics("boot failed")
             self.stop()
             raise
         return self
@@ -657,7 +657,7 @@ class SystemdNode:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is not None:
-                self._save_diagnostics(f"{exc_type.__name__}: {exc}")
+                self.save_diagnostics(f"{exc_type.__name__}: {exc}")
         finally:
             self.stop()
 
@@ -764,7 +764,12 @@ class SystemdNode:
         errors: list[str] = []
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)  # PID 1: the kernel kills the whole pid namespace
+        # unshare reaps the dead PID 1 and exits by itself (killing it first, e.g. through
+        # cgroup.kill, would leave the zombie to the host's init, which reaps it only later)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
         if self._cgroup is not None:
             try:
                 _cgroup_destroy(self._cgroup)
@@ -781,6 +786,8 @@ class SystemdNode:
             deadline = time.monotonic() + 10
             while _proc_start_time(self.pid) is not None and time.monotonic() < deadline:
                 time.sleep(0.02)
+            if _proc_start_time(self.pid) is not None:
+                errors.append(f"PID 1 ({self.pid}) still there")
         if self._console is not None:
             self._console.close()
         try:
@@ -799,7 +806,7 @@ class SystemdNode:
                 parts.append(f"--- {f} ---\n" + _tail((self.dir / f).read_bytes(), lines))
         return "\n".join(parts)
 
-    def _save_diagnostics(self, why: str) -> Path | None:
+    def save_diagnostics(self, why: str) -> Path | None:
         """Journal + console + boot log of a failed node to LOGS_DIR; prints where, and the tail."""
         try:
             LOGS_DIR.mkdir(parents=True, exist_ok=True)

@@ -36,10 +36,13 @@ def lab(rootfs):
 
 
 @pytest.fixture(scope="module")
-def node(lab, rootfs):
+def node(request, lab, rootfs):
     host = lab.add_host("smoke", NODE_CIDR)
+    failed_before = request.session.testsfailed
     with h.SystemdNode("smoke", netns=host.ns, rootfs=rootfs) as n:
         yield n
+        if request.session.testsfailed > failed_before:  # keep the journal of a failed module
+            n.save_diagnostics("a test using this node failed")
 
 
 @pytest.fixture(scope="module")

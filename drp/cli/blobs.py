@@ -1,0 +1,268 @@
+"""drpcli verbs for files, isos, job logs, content bundles and plugin providers.
+
+Transfers stream in 1 MiB chunks (constant memory), show a rich progress bar on stderr only when
+stderr is a terminal, and print nothing extra when piped.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+from drp.cli.client import CliError, Client, error_text
+from drp.cli.main import _need, command
+
+CHUNK = 1 << 20
+TRANSFER_TIMEOUT = httpx.Timeout(60, read=None, write=None)  # an ISO may take minutes
+
+
+@contextlib.contextmanager
+def progress(label: str, total: int | None):
+    """Yield advance(n). A rich progress bar on an interactive stderr, else nothing at all."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    with bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _chunks(f, advance):
+    while chunk := f.read(CHUNK):
+        advance(len(chunk))
+        yield chunk
+
+
+def upload(client: Client, url: str, src: str):
+    """POST the bytes of file `src` (or - for stdin) to `url`; returns the server's JSON."""
+    if src == "-":
+        f, size = sys.stdin.buffer, None
+    else:
+        try:
+            f = open(src, "rb")
+        except OSError as e:
+            raise CliError(f"cannot read {src}: {e.strerror}") from None
+        size = os.fstat(f.fileno()).st_size
+    headers = {"Content-Type": "application/octet-stream"}
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    with f, progress(f"upload {Path(src).name}", size) as advance:
+        resp = client.request("POST", url, content=_chunks(f, advance), headers=headers,
+                              timeout=TRANSFER_TIMEOUT)
+    return resp.json()
+
+
+def download(client: Client, url: str, dest: str) -> None:
+    """GET `url` into `dest` (- for stdout), streaming; verifies the server's sha256. A file
+    is written beside `dest` and renamed into place only when complete and verified."""
+    try:
+        with client.http.stream("GET", url, timeout=TRANSFER_TIMEOUT) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                raise CliError(error_text(resp))
+            want = resp.headers.get("X-DRP-SHA256SUM")
+            total = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers \
+                else None
+            if dest == "-":
+                _receive(resp, sys.stdout.buffer, want, total, "stdout")
+                sys.stdout.buffer.flush()
+                return
+            part = Path(dest).with_name(f".{Path(dest).name}.part")
+            try:
+                with open(part, "wb") as out:
+                    _receive(resp, out, want, total, Path(dest).name)
+                os.replace(part, dest)
+            finally:
+                part.unlink(missing_ok=True)
+    except httpx.HTTPError as e:
+        raise CliError(f"download from {client.endpoint} failed: {e}") from None
+    except OSError as e:
+        raise CliError(f"cannot write {dest}: {e.strerror or e}") from None
+
+
+def _receive(resp, out, want: str | None, total: int | None, label: str) -> None:
+    hasher = hashlib.sha256()
+    with progress(f"download {label}", total) as advance:
+        for chunk in resp.iter_bytes(CHUNK):
+            hasher.update(chunk)
+            out.write(chunk)
+            advance(len(chunk))
+    if want and hasher.hexdigest() != want:
+        raise CliError(f"sha256 mismatch: got {hasher.hexdigest()}, server said {want}")
+
+
+def _keyword(args: list[str], word: str, default: str | None, usage: str) -> str:
+    """`SRC [word VALUE]` -> VALUE (or default)."""
+    if len(args) == 1:
+        if default is None:
+            raise CliError(f"usage: drpcli {usage}")
+        return default
+    if len(args) != 3 or args[1] != word:
+        raise CliError(f"usage: drpcli {usage}")
+    return args[2]
+
+
+# ---- files and isos --------------------------------------------------------------------------
+def _url(kind: str, path: str) -> str:
+    return f"/{kind}/" + quote(path.lstrip("/"), safe="/")
+
+
+def _blob_verbs(kind: str, model: str, flat: bool) -> None:
+    what = "NAME" if flat else "PATH"
+
+    @command(kind, "upload")
+    def _upload(client, args):
+        usage = f"{kind} upload SRC [as DEST]"
+        _need(args, 1, usage)
+        dest = _keyword(args, "as", None if args[0] == "-" else Path(args[0]).name, usage)
+        return upload(client, _url(kind, dest), args[0])
+
+    @command(kind, "download")
+    def _download(client, args):
+        usage = f"{kind} download {what} [to DEST]"
+        _need(args, 1, usage)
+        dest = _keyword(args, "to", Path(args[0]).name, usage)
+        download(client, _url(kind, args[0]), dest)
+
+    @command(kind, "list")
+    def _list(client, args):
+        params = {"path": args[0]} if args and not flat else {}
+        return client.json("GET", f"/{kind}", params=params)
+
+    @command(kind, "exists")
+    def _exists(client, args):
+        _need(args, 1, f"{kind} exists {what}")
+        if client.request("HEAD", _url(kind, args[0]), ok=(200, 404)).status_code == 404:
+            raise CliError(f"{model} {args[0]} does not exist")
+
+    @command(kind, "destroy")
+    def _destroy(client, args):
+        _need(args, 1, f"{kind} destroy {what}")
+        client.request("DELETE", _url(kind, args[0]))
+        return f"Deleted {model} {args[0]}"
+
+
+_blob_verbs("files", "file", flat=False)
+_blob_verbs("isos", "iso", flat=True)
+
+
+# ---- job logs --------------------------------------------------------------------------------
+@command("jobs", "log")
+def _job_log(client, args):
+    _need(args, 1, "jobs log UUID")
+    download(client, f"/jobs/{args[0]}/log", "-")
+
+
+@command("jobs", "log-append")
+def _job_log_append(client, args):
+    _need(args, 2, "jobs log-append UUID FILE|-")
+    if args[1] == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = Path(args[1]).read_bytes()
+        except OSError as e:
+            raise CliError(f"cannot read {args[1]}: {e.strerror}") from None
+    client.request("PUT", f"/jobs/{args[0]}/log", content=data,
+                   headers={"Content-Type": "application/octet-stream"})
+
+
+# ---- content bundles -------------------------------------------------------------------------
+def _bundle_body(path: str) -> tuple[bytes, str]:
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+    yaml_ext = path.endswith((".yaml", ".yml"))
+    return raw, "application/yaml" if yaml_ext else "application/octet-stream"
+
+
+@command("contents", "upload")
+def _contents_upload(client, args):
+    _need(args, 1, "contents upload FILE")
+    raw, ctype = _bundle_body(args[0])
+    return client.request("POST", "/contents", content=raw,
+                          headers={"Content-Type": ctype}).json()
+
+
+@command("contents", "update")
+def _contents_update(client, args):
+    _need(args, 2, "contents update NAME FILE")
+    raw, ctype = _bundle_body(args[1])
+    return client.request("PUT", f"/contents/{args[0]}", content=raw,
+                          headers={"Content-Type": ctype}).json()
+
+
+@command("contents", "list")
+def _contents_list(client, args):
+    return client.json("GET", "/contents")
+
+
+@command("contents", "show")
+def _contents_show(client, args):
+    _need(args, 1, "contents show NAME")
+    return client.json("GET", f"/contents/{args[0]}")
+
+
+@command("contents", "exists")
+def _contents_exists(client, args):
+    _need(args, 1, "contents exists NAME")
+    client.request("HEAD", f"/contents/{args[0]}")
+
+
+@command("contents", "destroy")
+def _contents_destroy(client, args):
+    _need(args, 1, "contents destroy NAME")
+    client.json("DELETE", f"/contents/{args[0]}")
+    return f"Deleted content {args[0]}"
+
+
+# ---- plugin providers ------------------------------------------------------------------------
+@command("plugin_providers", "upload")
+def _provider_upload(client, args):
+    usage = "plugin_providers upload NAME from FILE"
+    if len(args) != 3 or args[1] != "from":
+        raise CliError(f"usage: drpcli {usage}")
+    return upload(client, f"/plugin_providers/{args[0]}", args[2])
+
+
+@command("plugin_providers", "download")
+def _provider_download(client, args):
+    usage = "plugin_providers download NAME [to DEST]"
+    _need(args, 1, usage)
+    download(client, f"/plugin_providers/{args[0]}/binary", _keyword(args, "to", args[0], usage))
+
+
+@command("plugin_providers", "list")
+def _provider_list(client, args):
+    return client.json("GET", "/plugin_providers")
+
+
+@command("plugin_providers", "show")
+def _provider_show(client, args):
+    _need(args, 1, "plugin_providers show NAME")
+    return client.json("GET", f"/plugin_providers/{args[0]}")
+
+
+@command("plugin_providers", "exists")
+def _provider_exists(client, args):
+    _need(args, 1, "plugin_providers exists NAME")
+    client.request("HEAD", f"/plugin_providers/{args[0]}")
+
+
+@command("plugin_providers", "destroy")
+def _provider_destroy(client, args):
+    _need(args, 1, "plugin_providers destroy NAME")
+    client.json("DELETE", f"/plugin_providers/{args[0]}")
+    return f"Deleted plugin_provider {args[0]}"

@@ -1,0 +1,355 @@
+"""The store: change log order under concurrent writers, persistence, and Store itself."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from drp.errors import ApiError
+from drp.store.store import Store
+
+# ---- through the HTTP API ---------------------------------------------------------------------
+THREADS = 16
+PATCHES = 8  # per thread, on the thread's own profile
+INCREMENTS = 3  # per thread, compare-and-set on the shared counter
+
+
+def read_changes(db: Path) -> list[dict]:
+    conn = sqlite3.connect(str(db))
+    try:
+        rows = conn.execute("SELECT seq, epoch, time, kind, key, action, body FROM changes "
+                            "ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [{"seq": s, "epoch": e, "time": t, "kind": k, "key": key, "action": a,
+             "body": None if b is None else json.loads(b)} for s, e, t, k, key, a, b in rows]
+
+
+def test_change_log_in_commit_order_under_concurrent_writers(drp):
+    with drp.client() as c:
+        assert c.post("/profiles", json={"Name": "counter", "Params": {"n": 0}}).status_code == 201
+        token = c.get("/users/rocketskates/token").json()["Token"]
+
+    acked: list[tuple[str, str, str, object]] = []  # (kind, key, action, marker)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    wins = [0] * THREADS
+
+    def ack(*item):
+        with lock:
+            acked.append(item)
+
+    def worker(t: int):
+        try:
+            with drp.client(token=token) as c:
+                name = f"w{t}"
+                r = c.post("/profiles", json={"Name": name, "Description": f"{name}-init"})
+                assert r.status_code == 201, r.text
+                ack("profiles", name, "create", f"{name}-init")
+                # a refused duplicate must leave no trace in the log
+                assert c.post("/profiles", json={"Name": name}).status_code == 409
+                r = c.post("/machines", json={"Name": f"mach-{t}"})
+                assert r.status_code == 201, r.text
+                ack("machines", r.json()["Uuid"], "create", f"mach-{t}")
+                for i in range(PATCHES):
+                    marker = f"{name}-{i}"
+                    r = c.patch(f"/profiles/{name}", json=[
+                        {"op": "replace", "path": "/Description", "value": marker},
+                        {"op": "add", "path": f"/Params/p{i}", "value": i}])
+                    assert r.status_code == 200, r.text
+                    ack("profiles", name, "update", marker)
+                    # the shared counter: optimistic test-and-set, retried on 409
+                    if i < INCREMENTS:
+                        while True:
+                            n = c.get("/profiles/counter").json()["Params"]["n"]
+                            r = c.patch("/profiles/counter", json=[
+                                {"op": "test", "path": "/Params/n", "value": n},
+                                {"op": "replace", "path": "/Params/n", "value": n + 1}])
+                            if r.status_code == 200:
+                                wins[t] += 1
+                                ack("profiles", "counter", "update", n + 1)
+                                break
+                            assert r.status_code == 409, r.text
+        except BaseException as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors[0]
+    assert wins == [INCREMENTS] * THREADS
+
+    changes = read_changes(drp.base_root / "drp.db")
+    seqs = [c["seq"] for c in changes]
+    assert seqs == list(range(1, len(changes) + 1)), "the change log has gaps"
+    times = [c["time"] for c in changes]
+    assert times == sorted(times), "change-log times go backwards: not in commit order"
+    assert all(c["epoch"] == 1 for c in changes)
+
+    # the bootstrap entries, the counter's create, then exactly one row per acknowledged write
+    workload = [c for c in changes if c["kind"] in ("profiles", "machines")]
+    assert len(workload) == 1 + len(acked)
+    for kind, key, action, marker in acked:
+        if key == "counter":
+            rows = [c for c in workload if c["key"] == "counter" and c["action"] == action
+                    and c["body"]["Params"]["n"] == marker]
+        elif kind == "machines":
+            rows = [c for c in workload if c["key"] == key and c["action"] == action]
+            assert rows and rows[0]["body"]["Name"] == marker
+        else:
+            rows = [c for c in workload if c["key"] == key and c["action"] == action
+                    and c["body"]["Description"] == marker]
+        assert len(rows) == 1, (kind, key, action, marker, rows)
+
+    # per key, rows appear in the order each client's acknowledged writes happened
+    for t in range(THREADS):
+        mine = [c["body"]["Description"] for c in workload if c["key"] == f"w{t}"]
+        assert mine == [f"w{t}-init"] + [f"w{t}-{i}" for i in range(PATCHES)]
+    counts = [c["body"]["Params"]["n"] for c in workload if c["key"] == "counter"]
+    assert counts == list(range(THREADS * INCREMENTS + 1))  # serialized: no lost update
+
+    # the last row of every key is the object as the API serves it now
+    last: dict[tuple[str, str], dict] = {}
+    for c in workload:
+        last[(c["kind"], c["key"])] = c["body"]
+    with drp.client() as c:
+        for (kind, key), body in last.items():
+            assert c.get(f"/{kind}/{key}").json() == body
+        assert len(c.get("/profiles").json()) == THREADS + 1
+        assert len(c.get("/machines").json()) == THREADS
+
+
+def test_persistence_across_restart(drp):
+    with drp.client() as c:
+        p = c.post("/profiles", json={"Name": "keep", "Params": {"x": [1, 2]}}).json()
+        m = c.post("/machines", json={"Name": "keep-m", "Runnable": True}).json()
+        gone = c.post("/profiles", json={"Name": "gone"}).json()
+        c.delete("/profiles/gone")
+        c.patch("/profiles/keep", json=[{"op": "add", "path": "/Description", "value": "kept"}])
+        p["Description"] = "kept"
+        c.post("/users", json={"Name": "erin", "Password": "pw"})
+        c.put("/users/erin/password", json={"password": "pw2"})
+        token = c.get("/users/rocketskates/token").json()["Token"]
+        info = c.get("/info").json()
+    before = read_changes(drp.base_root / "drp.db")
+    assert drp.stop() == 0
+    drp.start()
+    with drp.client() as c:
+        assert c.get("/profiles/keep").json() == p
+        assert c.get(f"/machines/{m['Uuid']}").json() == m
+        assert c.get(f"/profiles/{gone['Name']}").status_code == 404
+        assert c.get("/info").json()["id"] == info["id"]
+        assert c.get("/users").status_code == 200
+    with drp.client(auth=("erin", "pw2")) as c:
+        assert c.get("/info").status_code == 200
+    with drp.client(token=token) as c:  # the token secret is in the store, not in memory
+        assert c.get("/info").status_code == 200
+    with drp.client(auth=("rocketskates", "r0cketsk8ts")) as c:
+        assert c.post("/profiles", json={"Name": "after"}).status_code == 201
+    after = read_changes(drp.base_root / "drp.db")
+    # a restart appends no bootstrap entries and keeps the numbering going
+    assert after[:len(before)] == before
+    assert [(c["seq"], c["kind"], c["key"]) for c in after[len(before):]] == \
+        [(len(before) + 1, "profiles", "after")]
+
+
+# ---- Store, directly --------------------------------------------------------------------------
+def rows(db: Path, table: str) -> list[tuple]:
+    conn = sqlite3.connect(str(db))
+    try:
+        order = {"objects": "kind, key", "changes": "seq", "epochs": "epoch", "blobs": "path",
+                 "local": "name"}[table]
+        return conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+    finally:
+        conn.close()
+
+
+def put(kind: str, key: str, body: dict, action: str = "create"):
+    def fn(tx):
+        tx.record(kind, key, action, body)
+        return key
+    return fn
+
+
+def promote(epoch: int, drp_id: str = "n1"):
+    """What bootstrap does first: open an epoch."""
+    def fn(tx):
+        tx.record("ha", drp_id, "promote", {"epoch": epoch, "drp_id": drp_id}, epoch=epoch)
+        tx.epoch = epoch
+    return fn
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(tmp_path / "a.db")
+    await s.write(promote(1))
+    yield s
+    s.close()
+
+
+async def test_write_appends_change_and_object(store):
+    seen = []
+    store.listeners.append(seen.append)
+    assert await store.write(put("profiles", "p1", {"Name": "p1"})) == "p1"
+    assert store.head == 2 and store.epoch == 1
+    assert await store.get("profiles", "p1") == {"Name": "p1"}
+    entries = await store.entries_after(0)
+    assert [(e["seq"], e["epoch"], e["kind"], e["key"], e["action"]) for e in entries] == \
+        [(1, 1, "ha", "n1", "promote"), (2, 1, "profiles", "p1", "create")]
+    assert entries[1]["body"] == {"Name": "p1"}
+    assert [[c["seq"] for c in batch] for batch in seen] == [[2]]
+    await store.write(lambda tx: tx.record("profiles", "p1", "delete"))
+    assert await store.get("profiles", "p1") is None
+    assert (await store.entries_after(2))[0]["body"] is None  # a tombstone
+    assert [e["seq"] for e in await store.entries_after(1, limit=1)] == [2]
+
+
+async def test_failed_write_rolls_back_and_leaves_no_change_row(store):
+    await store.write(put("profiles", "keep", {"Name": "keep"}))
+    head = store.head
+    seen = []
+    store.listeners.append(seen.append)
+
+    def failing(tx):
+        tx.record("profiles", "ghost", "create", {"Name": "ghost"})
+        tx.record("profiles", "keep", "delete")
+        raise ApiError(409, "refused halfway")
+    with pytest.raises(ApiError) as info:
+        await store.write(failing)
+    assert info.value.code == 409
+    assert store.head == head
+    assert await store.get("profiles", "ghost") is None
+    assert await store.get("profiles", "keep") == {"Name": "keep"}
+    assert [e["seq"] for e in await store.entries_after(0)] == list(range(1, head + 1))
+    assert seen == []
+    # the next write takes the next seq: no gap where the failed one was
+    await store.write(put("profiles", "next", {"Name": "next"}))
+    assert [e["seq"] for e in await store.entries_after(0)] == list(range(1, head + 2))
+
+
+async def test_concurrent_trio_writers_are_serialized(store):
+    async def writer(i):
+        for j in range(10):
+            await store.write(put("profiles", f"t{i}-{j}", {"Name": f"t{i}-{j}"}))
+    async with trio.open_nursery() as nursery:
+        for i in range(16):
+            nursery.start_soon(writer, i)
+    entries = await store.entries_after(0, limit=10_000)
+    assert [e["seq"] for e in entries] == list(range(1, 162))
+    assert store.head == 161
+    for i in range(16):  # each task's writes are in its own order
+        keys = [e["key"] for e in entries if e["key"].startswith(f"t{i}-")]
+        assert keys == [f"t{i}-{j}" for j in range(10)]
+    assert len(await store.list("profiles")) == 160
+
+
+async def test_refused_writes(store):
+    store.refuse_writes = "passive"
+    with pytest.raises(ApiError) as info:
+        await store.write(put("profiles", "x", {"Name": "x"}))
+    assert info.value.code == 503
+    await store.write(put("profiles", "y", {"Name": "y"}), internal=True)
+    assert await store.get("profiles", "y") is not None
+    assert await store.get("profiles", "x") is None
+
+
+async def test_list_filters(store):
+    for name, runnable, n in (("a", True, 1), ("b", False, 1), ("c", True, 2)):
+        await store.write(put("machines", name, {"Name": name, "Runnable": runnable,
+                                                 "CurrentTask": n}))
+    assert [m["Name"] for m in await store.list("machines", {"Runnable": "true"})] == ["a", "c"]
+    assert [m["Name"] for m in await store.list("machines", {"CurrentTask": "1"})] == ["a", "b"]
+    assert [m["Name"] for m in await store.list("machines", offset=1, limit=1)] == ["b"]
+
+
+async def test_apply_replicated_reproduces_the_primary(store, tmp_path):
+    await store.write(put("profiles", "p", {"Name": "p"}))
+    await store.write(put("machines", "m", {"Name": "m"}))
+    await store.write(put("profiles", "p", {"Name": "p", "Description": "2"}, "update"))
+    await store.write(lambda tx: tx.record("machines", "m", "delete"))
+    replica = Store(tmp_path / "b.db")
+    try:
+        seen = []
+        replica.listeners.append(seen.append)
+        entries = await store.entries_after(0)
+        await replica.apply_replicated(entries[:2])
+        await replica.apply_replicated([])  # nothing new: a no-op
+        await replica.apply_replicated(entries[2:])
+        assert (replica.head, replica.epoch) == (store.head, store.epoch) == (5, 1)
+        for table in ("objects", "changes", "epochs"):
+            assert rows(replica.path, table) == rows(store.path, table), table
+        assert [[e["seq"] for e in batch] for batch in seen] == [[1, 2], [3, 4, 5]]
+        assert await replica.get("profiles", "p") == {"Name": "p", "Description": "2"}
+        # a replica that is later promoted continues the same numbering
+        await replica.write(put("profiles", "q", {"Name": "q"}))
+        assert [e["seq"] for e in await replica.entries_after(4)] == [5, 6]
+    finally:
+        replica.close()
+
+
+async def test_apply_replicated_failure_keeps_position_of_what_was_applied(store, tmp_path):
+    await store.write(put("profiles", "p", {"Name": "p"}))
+    entries = await store.entries_after(0)
+    bad = {**entries[-1], "seq": entries[-1]["seq"] + 1, "kind": "bogus"}
+    replica = Store(tmp_path / "b.db")
+    try:
+        with pytest.raises(ValueError):
+            await replica.apply_replicated([*entries, bad])
+        assert replica.head == entries[-1]["seq"]
+        assert [e["seq"] for e in await replica.entries_after(0)] == [1, 2]
+        await replica.write(put("profiles", "after", {"Name": "after"}))  # no seq clash
+        assert replica.head == 3
+    finally:
+        replica.close()
+
+
+async def test_snapshot_round_trip(store, tmp_path):
+    store.local_set_sync("drp_id", "primary")
+    for i in range(5):
+        await store.write(put("profiles", f"p{i}", {"Name": f"p{i}", "Params": {"i": i}}))
+    await store.write(lambda tx: tx.record("profiles", "p0", "delete"))
+    snap = tmp_path / "snap.db"
+    seq = await store.snapshot_into(snap)
+    assert seq == store.head == 7
+    assert rows(snap, "local") == []  # this node's own rows do not travel
+
+    other = Store(tmp_path / "c.db")
+    try:
+        other.local_set_sync("drp_id", "secondary")
+        await other.write(put("profiles", "stale", {"Name": "stale"}))  # replaced wholesale
+        await other.install_snapshot(snap)
+        assert (other.head, other.epoch) == (7, 1)
+        for table in ("objects", "changes", "epochs", "blobs"):
+            assert rows(other.path, table) == rows(store.path, table), table
+        assert await other.get("profiles", "stale") is None
+        assert await other.get("profiles", "p3") == {"Name": "p3", "Params": {"i": 3}}
+        assert other.local_get_sync("drp_id") == "secondary"
+        # and it carries on from the snapshot's position, in step with the primary
+        entry_primary = await store.write(put("profiles", "n", {"Name": "n"}))
+        assert entry_primary == "n"
+        await other.apply_replicated(await store.entries_after(other.head))
+        assert rows(other.path, "changes") == rows(store.path, "changes")
+        assert other.head == 8
+    finally:
+        other.close()
+
+
+async def test_reopen_keeps_position(tmp_path):
+    s = Store(tmp_path / "r.db")
+    await s.write(promote(3))
+    await s.write(put("profiles", "p", {"Name": "p"}))
+    s.close()
+    s = Store(tmp_path / "r.db")
+    try:
+        assert (s.head, s.epoch) == (2, 3)
+        await s.write(put("profiles", "q", {"Name": "q"}))
+        assert [(e["seq"], e["epoch"]) for e in await s.entries_after(0)] == \
+            [(1, 3), (2, 3), (3, 3)]
+    finally:
+        s.close()
