@@ -65,6 +65,7 @@ class Node:
     switch_role: Callable[[str], Any] | None = None  # async fn("active"|"passive")
     status_line: Callable[[str], None] = lambda text: None
     websockets: set = field(default_factory=set)  # cancel scopes of open websocket handlers
+    follower: Any = None  # the passive's replication follower (drp.ha.follower) while passive
     hub: Any = None  # the active's replication hub (drp.ha.sender.Hub) while active
     cert_path: Path | None = None
     key_path: Path | None = None

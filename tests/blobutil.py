@@ -61,12 +61,17 @@ def raw_request(host: str, port: int, target: str, *, method: str = "GET", tls: 
     with sock:
         sock.sendall(head.encode("latin-1") + b"\r\n" + body)
         data = b""
-        while chunk := sock.recv(65536):
+        while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
             data += chunk
-    head, _, payload = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    parsed = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        head, _, payload = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        parsed = {k.strip().lower(): v.strip()
+                  for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        # hypercorn keeps the connection open despite Connection: close; read what it said
+        want = 0 if method == "HEAD" else int(parsed.get("content-length", 0))
+        while len(payload) < want and (chunk := sock.recv(65536)):
+            payload += chunk
     return status, parsed, payload
 
 

@@ -53,15 +53,17 @@ class Cluster:
         self.nodes: dict[str, DrpServer] = {}
 
     def node(self, name: str, *, passive: bool, join: str | None = None, extra=(),
-             start: bool = True, base_root: Path | None = None) -> DrpServer:
+             start: bool = True, base_root: Path | None = None, script=None) -> DrpServer:
+        """`script(server) -> Path` picks the node's interface script (default: a recorder)."""
         server = DrpServer(base_root or self.tmp / name)
+        script_path = script(server) if script else self.script
         if base_root is None and name == "a" and self.seed_root is not None:
             # the seed's data (users, secret) becomes the first active's
             subprocess.run(["cp", "-a", str(self.seed_root), str(server.base_root)], check=True)
         server.ha_args = lambda: [
             "--drp-id", f"node-{name}", "--ha-enabled", "true", "--ha-id", HA_ID,
             "--ha-address", VIP, "--ha-interface", "lo",
-            "--ha-interface-script", str(self.script), "--ha-token", self.token,
+            "--ha-interface-script", str(script_path), "--ha-token", self.token,
             "--ha-passive", "true" if passive else "false",
             "--ha-join", join or self.join_url(), *extra]
         server.args = server.ha_args()

@@ -18,8 +18,6 @@ import json
 import os
 import queue
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -31,9 +29,10 @@ from tests.drpserver import AUTH, DrpServer
 CLONE_NEWNET = 0x40000000
 VIP = "198.18.0.100"
 VIP_CIDR = f"{VIP}/24"
-API_PORT, STATIC_PORT = 8092, 8091
+API_PORT, STATIC_PORT, METRICS_PORT = 8092, 8091, 8080
 HA_ID = "roles-test"
 REALTIME = "Stream switch to realtime streaming"
+CONNECT_TIMEOUT = 0.05  # a LAN connect takes well under 1 ms; a SYN sent to the old MAC is lost
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -123,7 +122,7 @@ class Node(DrpServer):
         super().__init__(base_root, args, env, host=host.ip,
                          prefix=["ip", "netns", "exec", host.ns])
         self.lab_host = host
-        self.api_port, self.static_port = API_PORT, STATIC_PORT
+        self.api_port, self.static_port, self.metrics_port = API_PORT, STATIC_PORT, METRICS_PORT
         self._http: NetnsClient | None = None
 
     @property
@@ -147,6 +146,13 @@ class Node(DrpServer):
 
     def info(self) -> dict:
         return self.http.request("GET", "/info").json()
+
+    def metrics(self) -> str:
+        url = f"http://{self.host}:{self.metrics_port}/metrics"
+        return self.http.call(lambda h: h.get(url).text)
+
+    def ha_state(self) -> dict:
+        return json.loads((self.base_root / "ha-state.json").read_text())
 
     def has_vip(self) -> bool:
         return VIP_CIDR in self.lab_host.addresses()
@@ -182,6 +188,62 @@ class Node(DrpServer):
         if self._http is not None:
             self._http.close()
             self._http = None
+
+
+class Writer:
+    """POSTs params through the VIP from the client namespace; keeps (sent, acked, name).
+
+    Several loops run side by side, so one request stuck on a connection to the old active
+    (its packets black-holed once the VIP moved) does not hide that the new one answers."""
+
+    def __init__(self, ns: str, loops: int = 4, prefix: str = "w"):
+        self.ns, self.prefix = ns, prefix
+        self.acked: list[tuple[float, float, str]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(loops)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, loop: int) -> None:
+        enter_netns(self.ns)
+        http = httpx.Client(base_url=f"https://{VIP}:{API_PORT}/api/v3", verify=False,
+                            auth=AUTH,
+                            timeout=httpx.Timeout(2.0, connect=CONNECT_TIMEOUT),
+                            limits=httpx.Limits(max_keepalive_connections=0))
+        n = 0
+        with http:
+            while not self._stop.is_set():
+                n += 1
+                name = f"{self.prefix}-{loop}-{n}"
+                sent = time.monotonic()
+                try:
+                    r = http.post("/params", json={"Name": name, "Schema": {}})
+                    ok = r.status_code == 201
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.acked.append((sent, time.monotonic(), name))
+                    time.sleep(0.01)
+                else:
+                    self.errors += 1
+                    time.sleep(0.005)
+
+    def first_ack_after(self, t0: float, timeout: float = 30) -> float:
+        """When the first write sent at or after t0 was acknowledged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            later = [acked for sent, acked, _ in self.acked[-100:] if sent >= t0]
+            if later:
+                return min(later)
+            time.sleep(0.005)
+        raise RuntimeError(f"no write accepted through the VIP within {timeout}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
 
 
 def make_token(workdir: Path) -> tuple[Path, str]:
@@ -254,13 +316,3 @@ class Cluster:
             self._client.close()
 
 
-def signal_node(node: Node, sig: int) -> float:
-    """Send sig to the dr-provision process (the child of `ip netns exec`, which execs it, so
-    the Popen pid is dr-provision's own). Returns time.monotonic() just before."""
-    t = time.monotonic()
-    os.kill(node.proc.pid, sig)
-    return t
-
-
-__all__ = ["VIP", "VIP_CIDR", "Cluster", "Node", "NetnsClient", "enter_netns", "make_token",
-           "run_in_thread_ns", "signal_node", "signal", "subprocess"]

@@ -6,6 +6,7 @@ import json
 import ssl
 import time
 import uuid
+import zlib
 
 import httpx
 import pytest
@@ -53,7 +54,7 @@ def sample(kind: str, n: str) -> dict:
         "params": {"Name": f"param-{n}", "Schema": {"type": "string"}},
         "subnets": {"Name": f"s-{n}", "Subnet": "10.9.0.0/24", "ActiveStart": "10.9.0.10",
                     "ActiveEnd": "10.9.0.20", "ActiveLeaseTime": 60},
-        "reservations": {"Addr": f"10.8.{len(n) % 250}.{int(uuid.uuid4()) % 250 + 1}",
+        "reservations": {"Addr": f"10.8.{zlib.crc32(n.encode()) % 250}.{len(n) % 250 + 1}",
                          "Token": "aa:bb:cc:dd:ee:ff"},
         "bootenvs": {"Name": f"be-{n}", "Kernel": "vmlinuz", "Initrds": []},
         "stages": {"Name": f"st-{n}", "Tasks": []},
@@ -160,7 +161,8 @@ def test_list_filters_and_count(api):
     made = []
     for i, (runnable, task) in enumerate([(True, 1), (True, 2), (False, 2)]):
         r = api.post("/machines", json={"Name": f"filt-{i}", "Runnable": runnable,
-                                        "CurrentTask": task, "Context": "filt"})
+                                        "CurrentTask": task, "Context": "filt",
+                                        "Meta": {"rack": f"r{i % 2}"}})
         assert r.status_code == 201
         made.append(r.json()["Uuid"])
     try:
@@ -178,7 +180,10 @@ def test_list_filters_and_count(api):
         assert names(Name="filt-2") == ["filt-2"]
         assert names(Context="nothing-like-this") == []
         assert len(api.get("/machines", params={"Context": "filt", "limit": 2}).json()) == 2
+        assert names(Context="filt", **{"Meta.rack": "r0"}) == ["filt-0", "filt-2"]
         assert_error(api.get("/machines", params={"limit": "lots"}), 400)
+        for bad in ("", ".Name", "Name[0", 'Na"me', "Meta..rack"):  # not a 500
+            assert_error(api.get("/machines", params={bad: "x"}), 400, "machines")
     finally:
         for key in made:
             api.delete(f"/machines/{key}")
@@ -385,7 +390,8 @@ def test_token_expires(server, api):
     assert set(body) >= {"Token", "Info"} and body["Info"]["id"]
     token = body["Token"]
     assert raw_get(server, headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    time.sleep(2.05)
+    assert body["Expires"] - time.time() <= 2  # 1s, rounded up to a whole second at most
+    time.sleep(max(0.0, body["Expires"] - time.time()) + 0.1)
     err = assert_error(raw_get(server, headers={"Authorization": f"Bearer {token}"}), 401)
     assert "expired" in " ".join(err["Messages"])
 

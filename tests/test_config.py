@@ -9,22 +9,7 @@ import pytest
 
 from drp import config
 from drp.config import ConfigError, parse_bool, parse_duration
-from tests.drpserver import BIN, DrpServer, clean_environ
-
-
-def run_bad(tmp_path: Path, *args: str, env: dict | None = None) -> str:
-    """Start dr-provision with bad input: it must exit 2 with one stderr line and no base root."""
-    base = tmp_path / "never-created"
-    proc = subprocess.run([str(BIN / "dr-provision"), "--base-root", str(base), *args],
-                          env={**clean_environ(), **(env or {})}, capture_output=True,
-                          text=True, timeout=30)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert proc.stdout == ""
-    assert not base.exists(), "the base root was created before the config was checked"
-    return lines[0]
-
+from tests.drpserver import BIN, clean_environ
 
 HA_OK = ["--ha-enabled", "true", "--ha-id", "c1", "--ha-address", "192.168.124.200/24",
          "--ha-token", "tok", "--ha-interface", "lo"]
@@ -36,56 +21,76 @@ def without(args: list[str], flag: str) -> list[str]:
 
 
 # ---- the process: exit status 2, one line, nothing written ------------------------------------
-@pytest.mark.parametrize("args, flag, good", [
-    (["--ha-address", "192.168.124.200"], "--ha-address", "192.168.124.200/24"),
-    (["--ha-address", "not-an-ip/24"], "--ha-address", "192.168.124.200/24"),
-    (["--ha-interface", "nosuchnic0"], "--ha-interface", "eth0"),
-    (["--api-port", "http"], "--api-port", "0-65535"),
-    (["--static-port", "70000"], "--static-port", "0-65535"),
-    (["--ha-passive", "maybe"], "--ha-passive", "true or false"),
-    (["--ha-sync-timeout", "5 parsecs"], "--ha-sync-timeout", "5s"),
-    (without(HA_OK, "--ha-id"), "--ha-id", "RS_HA_ID"),
-    (without(HA_OK, "--ha-address"), "--ha-address", "192.168.124.200/24"),
-    (without(HA_OK, "--ha-token"), "--ha-token", "drpcli users token"),
-    (without(HA_OK, "--ha-interface"), "--ha-interface", "eth0"),
-], ids=["ha-address-no-prefix", "ha-address-garbage", "ha-interface-missing-nic",
-        "port-not-a-number", "port-out-of-range", "bad-boolean", "bad-duration",
-        "ha-without-id", "ha-without-address", "ha-without-token", "ha-without-interface"])
-def test_bad_input_exits_2_with_one_line(tmp_path, args, flag, good):
-    line = run_bad(tmp_path, *args)
-    assert flag in line, line
-    assert good in line, line
-    assert line.startswith("dr-provision: ")
+# id -> (flags, environment, what the line must contain)
+BAD = {
+    "ha-address-not-cidr": (["--ha-address", "192.168.124.200"], {},
+                            ["--ha-address", "192.168.124.200/24"]),
+    "ha-interface-missing-nic": (["--ha-interface", "nosuchnic0"], {},
+                                 ["--ha-interface", "nosuchnic0", "eth0"]),
+    "port-not-a-number": (["--api-port", "http"], {}, ["--api-port", "0-65535"]),
+    "port-out-of-range": (["--static-port", "70000"], {}, ["--static-port", "0-65535"]),
+    "bad-boolean": (["--ha-passive", "maybe"], {}, ["--ha-passive", "true or false"]),
+    "bad-duration": (["--ha-sync-timeout", "5 parsecs"], {}, ["--ha-sync-timeout", "5s"]),
+    "ha-without-id": (without(HA_OK, "--ha-id"), {}, ["--ha-id", "RS_HA_ID", "--ha-enabled"]),
+    "ha-without-address": (without(HA_OK, "--ha-address"), {},
+                           ["--ha-address", "192.168.124.200/24"]),
+    "ha-without-token": (without(HA_OK, "--ha-token"), {},
+                         ["--ha-token", "drpcli users token"]),
+    "ha-without-interface": (without(HA_OK, "--ha-interface"), {}, ["--ha-interface", "eth0"]),
+    "bad-env-value": ([], {"RS_HA_ADDRESS": "10.0.0.1"},
+                      ["--ha-address", "RS_HA_ADDRESS", "/24"]),
+    "ha-enabled-from-env-without-token": (
+        [], {"RS_HA_ENABLED": "yes", "RS_HA_ID": "c1", "RS_HA_ADDRESS": "192.168.124.200/24",
+             "RS_HA_INTERFACE": "lo"}, ["--ha-token", "RS_HA_TOKEN"]),
+}
 
 
-def test_bad_environment_value_names_flag_and_variable(tmp_path):
-    line = run_bad(tmp_path, env={"RS_HA_ADDRESS": "10.0.0.1"})
-    assert "--ha-address" in line and "RS_HA_ADDRESS" in line and "/24" in line
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+    """Every bad start at once (each costs an interpreter start): id -> (proc, stdout, stderr,
+    base root)."""
+    root = tmp_path_factory.mktemp("bad")
+    procs = {}
+    for name, (args, env, _) in BAD.items():
+        base = root / name / "never-created"
+        procs[name] = (subprocess.Popen(
+            [str(BIN / "dr-provision"), "--base-root", str(base), *args],
+            env={**clean_environ(), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True), base)
+    results = {}
+    for name, (proc, base) in procs.items():
+        out, err = proc.communicate(timeout=60)
+        results[name] = (proc.returncode, out, err, base)
+    return results
 
 
-def test_ha_enabled_through_environment_still_needs_its_partners(tmp_path):
-    line = run_bad(tmp_path, env={"RS_HA_ENABLED": "yes", "RS_HA_ID": "c1",
-                                  "RS_HA_ADDRESS": "192.168.124.200/24", "RS_HA_INTERFACE": "lo"})
-    assert "--ha-token" in line and "RS_HA_TOKEN" in line
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_2_with_one_line(bad_runs, case):
+    code, out, err, base = bad_runs[case]
+    assert code == 2, (code, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert out == ""
+    assert not base.exists(), "the base root was created before the config was checked"
+    assert lines[0].startswith("dr-provision: ")
+    for needle in BAD[case][2]:
+        assert needle in lines[0], (needle, lines[0])
 
 
 def test_environment_is_used_and_flags_win(drp_factory):
-    """RS_DRP_ID is honoured; RS_API_PORT is garbage but the harness's --api-port wins, and
-    --log-level beats RS_LOG_LEVEL (a bad RS_LOG_LEVEL would refuse to start)."""
-    server = drp_factory("envtest", "--log-level", "info",
-                         env={"RS_DRP_ID": "from-env", "RS_API_PORT": "not-a-port",
-                              "RS_LOG_LEVEL": "chatty", "RS_HA_PASSIVE": "no"})
+    """RS_STATIC_IP is honoured; where a flag is given too (--drp-id, and the harness's
+    --api-port and --log-level), the flag wins, even over values that would refuse to start."""
+    server = drp_factory("envtest", "--log-level", "info", "--drp-id", "from-flag",
+                         env={"RS_STATIC_IP": "192.0.2.7", "RS_DRP_ID": "from-env",
+                              "RS_API_PORT": "not-a-port", "RS_LOG_LEVEL": "chatty",
+                              "RS_HA_PASSIVE": "no"})
     with server.client() as c:
         info = c.get("/info").json()
-    assert info["id"] == "from-env"
-    assert info["api_port"] == server.api_port
+    assert info["address"] == "192.0.2.7"
+    assert info["id"] == "from-flag"
+    assert (info["api_port"], info["file_port"]) == (server.api_port, server.static_port)
+    assert (server.base_root / "drp.db").is_file()  # --base-root from the harness's flag
     assert info["ha_enabled"] is False and info["ha_is_active"] is True
-
-
-def test_flag_wins_over_environment_in_a_real_start(drp_factory):
-    server = drp_factory("flagwins", "--drp-id", "from-flag", env={"RS_DRP_ID": "from-env"})
-    with server.client() as c:
-        assert c.get("/info").json()["id"] == "from-flag"
 
 
 # ---- drp.config.load -------------------------------------------------------------------------
@@ -210,16 +215,3 @@ def test_bad_log_level_and_unknown_flag():
         config.load(["--log-level", "chatty"], environ={})
     with pytest.raises(ConfigError, match="--bogus"):
         config.load(["--bogus", "1"], environ={})
-
-
-def test_harness_server_starts_on_its_ports(tmp_path):
-    """The flags the harness passes are the ones the server honours (ports are real)."""
-    server = DrpServer(tmp_path / "ports")
-    try:
-        server.start()
-        with server.client() as c:
-            info = c.get("/info").json()
-        assert (info["api_port"], info["file_port"]) == (server.api_port, server.static_port)
-        assert server.base_root.is_dir() and (server.base_root / "drp.db").is_file()
-    finally:
-        server.kill()

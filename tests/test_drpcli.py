@@ -159,7 +159,7 @@ def test_unreachable_endpoint(server):
     assert res.returncode == 1 and "cannot reach" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_rs_key_and_user_password_flags(server):
+def test_rs_key_user_password_flags_and_users_password(server):
     cli(server, "users", "create", '{"Name": "carol", "Password": "c4rol"}')
     try:
         # RS_KEY picks the user
@@ -180,6 +180,12 @@ def test_rs_key_and_user_password_flags(server):
         ok = cli(server, "-E", server.url, "info", "get",
                  env={"RS_ENDPOINT": "https://127.0.0.1:1"})
         assert json.loads(ok.stdout)["api_port"] == server.api_port
+        # users password: the old one stops working, the new one works
+        out = json.loads(cli(server, "users", "password", "carol", "n3w").stdout)
+        assert out["Name"] == "carol" and "PasswordHash" not in out and "Secret" not in out
+        old = cli(server, "-U", "carol", "-P", "c4rol", "info", "get", check=False)
+        assert old.returncode == 1 and "401" in old.stderr
+        assert cli(server, "-U", "carol", "-P", "n3w", "info", "get").returncode == 0
     finally:
         cli(server, "users", "destroy", "carol")
 
@@ -191,17 +197,6 @@ def test_token_from_environment_and_flag(server):
     assert cli(server, "-T", token, "info", "get", env=env).returncode == 0
     bad = cli(server, "-T", token + "x", "info", "get", env=env, check=False)
     assert bad.returncode == 1 and "401" in bad.stderr
-
-
-def test_users_password(server):
-    cli(server, "users", "create", '{"Name": "dave", "Password": "one"}')
-    try:
-        out = json.loads(cli(server, "users", "password", "dave", "two").stdout)
-        assert out["Name"] == "dave" and "PasswordHash" not in out
-        assert cli(server, "-U", "dave", "-P", "one", "info", "get", check=False).returncode == 1
-        assert cli(server, "-U", "dave", "-P", "two", "info", "get").returncode == 0
-    finally:
-        cli(server, "users", "destroy", "dave")
 
 
 def test_help(server):

@@ -640,3 +640,33 @@ def test_end_to_end_exchange_through_the_wire_format():
     assert follower.just_reached_realtime and passive_applied == active_log
     assert tracker.on_ack("n2", ack.seq, now=10.1) is True
     assert tracker.snapshot()[0]["electable"] is True
+
+
+def test_passive_joins_in_sync_while_the_head_keeps_moving():
+    """Under steady load the head moves on before any ack arrives; a passive that was sent
+    everything up to the head then holds writes back, and is In-Sync once it acks that."""
+    from drp.ha.protocol import ActiveTracker
+    t = ActiveTracker(head=10)
+    t.add("b", "198.18.0.12", 1)
+    t.on_sent("b", 5, 0.0)  # not caught up: nothing changes
+    assert t.must_wait_for(11) == set()
+    t.on_sent("b", 10, 0.1)  # everything up to the head is on its way
+    t.head_advanced(11, 0.2)
+    assert t.must_wait_for(11) == {"b"}  # new writes now wait for it
+    assert t.snapshot()[0]["state"] == "Syncing" and not t.snapshot()[0]["electable"]
+    assert t.on_ack("b", 10, 0.3) is True  # not the head (11), but its join point
+    assert t.snapshot()[0]["state"] == "In-Sync" and t.snapshot()[0]["electable"]
+    assert t.must_wait_for(11) == {"b"}
+    t.on_sent("b", 11, 0.4)
+    t.on_ack("b", 11, 0.5)
+    assert t.must_wait_for(11) == set()
+
+
+def test_joining_passive_that_stalls_is_dropped():
+    from drp.ha.protocol import ActiveTracker
+    t = ActiveTracker(head=3)
+    t.add("b", "x", 1)
+    t.on_sent("b", 3, 0.0)
+    t.head_advanced(4, 0.0)
+    assert t.expire(10.0, 5.0) == ["b"]
+    assert t.must_wait_for(4) == set()

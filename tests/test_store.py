@@ -15,7 +15,7 @@ from drp.store.store import Store
 # ---- through the HTTP API ---------------------------------------------------------------------
 THREADS = 16
 PATCHES = 8  # per thread, on the thread's own profile
-INCREMENTS = 3  # per thread, compare-and-set on the shared counter
+INCREMENTS = 1  # per thread, compare-and-set on the shared counter (16 contenders)
 
 
 def read_changes(db: Path) -> list[dict]:

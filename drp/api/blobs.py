@@ -87,8 +87,7 @@ async def upload(area: str, rel: str, model: str) -> dict:
                 raise _api_error(e, model, rel) from None
             tx.record("blob", path, "put",
                       {"size": staged.size, "sha256": staged.sha256, "mode": mode})
-        with gate_for(store).writing(path):
-            await store.write(put)
+        await store.write(put, during=gate_for(store).writing(path))
     finally:
         storage.discard(staged)
     return {"Path": "/" + rel if area == "files" else rel, "Size": staged.size,
@@ -119,8 +118,7 @@ async def delete(area: str, rel: str, model: str) -> dict | None:
             raise _not_found(model, rel)
         tx.record("blob", path, "delete")
         return dict(zip(("size", "sha256", "mode"), row[0])) if row else None
-    with gate_for(store).writing(path):
-        return await store.write(remove)
+    return await store.write(remove, during=gate_for(store).writing(path))
 
 
 def _listdir(directory, files_only: bool) -> list[str] | None:

@@ -8,12 +8,13 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import trio
-from quart import Blueprint, current_app, request, websocket
+from quart import Blueprint, Response, current_app, request, websocket
 
-from drp.api.app import json_response, websocket_scope
+from drp.api.app import websocket_scope
 from drp.api.authn import is_superuser
 from drp.api.system import stats
 from drp.blob import storage
@@ -102,13 +103,25 @@ async def _switch(role: str):
     if node.switch_role is None:
         raise ApiError(409, "HA is not enabled on this node (--ha-enabled)", model="system",
                        key=role)
+    from drp.ha.supervisor import VipHold
     done = trio.Event()
-    await node.switch_role(role, done)
+    local = (request.scope.get("server") or ("", 0))[0]
+    hold = VipHold(done) if role == "passive" and local == str(node.cfg.ha_address.ip) \
+        else None
+    await node.switch_role(role, done, hold)
     with trio.move_on_after(SWITCH_TIMEOUT):
         await done.wait()
     if done.is_set() and node.ha_role != role and node.ha_reason:
         raise ApiError(409, node.ha_reason, model="system", key=role)
-    return json_response(info(node, await stats()))
+    body = json.dumps(info(node, await stats())).encode()
+    if hold is None or not hold.used:
+        return Response(body, content_type="application/json")
+
+    async def answer_then_release():  # the VIP goes once this answer is on the wire
+        yield body
+        hold.sent.set()
+    return Response(answer_then_release(), content_type="application/json",
+                    headers={"Content-Length": str(len(body))})
 
 
 @bp.post("/system/active")

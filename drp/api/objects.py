@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jsonpatch
 import jsonpointer
@@ -13,6 +14,7 @@ from drp.errors import ApiError
 
 bp = Blueprint("objects", __name__, url_prefix="/api/v3")
 
+_FILTER_FIELD = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _LIST_PARAMS = {"offset", "limit", "sort", "slim", "decode", "params", "aggregate",
                 "reverse", "filter", "commented", "reduced", "exclude-self"}
 
@@ -72,6 +74,10 @@ def _check_unique_name(tx, kind: models.Kind, key: str, obj: dict) -> None:
 async def list_objects(kind: str):
     k = models.kind_or_404(kind)
     filters = {f: v for f, v in request.args.items() if f not in _LIST_PARAMS}
+    for name in filters:  # a field name becomes a JSON path: a bad one must not be a 500
+        if not _FILTER_FIELD.fullmatch(name):
+            raise ApiError(400, f"cannot filter on {name!r}: want a field name like Name or "
+                           "Meta.color", model=kind)
     try:
         offset = int(request.args.get("offset", 0))
         limit = int(request.args.get("limit", -1))

@@ -1,16 +1,20 @@
-"""Request bodies with backpressure, so a 4 GiB upload streams in constant memory.
+"""How the API (and the static server) receive HTTP requests under quart-trio + hypercorn.
 
-Quart's ASGI handler appends every received chunk to `request.body` without waiting for the
-handler to consume it, so a disk slower than the network would buffer the whole upload in
-memory. Here the receiving side waits while more than `LIMIT` bytes are buffered and the handler
-is iterating the body; hypercorn's bounded app queue then stops reading the socket, and TCP flow
-control slows the client. A handler that awaits the whole body (JSON requests) is unaffected.
+1. Backpressure, so a 4 GiB upload streams in constant memory. Quart's ASGI handler appends
+   every received chunk to `request.body` without waiting for the handler to consume it, so a
+   disk slower than the network would buffer the whole upload in memory. Here the receiving side
+   waits while more than `LIMIT` bytes are buffered; hypercorn's bounded app queue then stops
+   reading the socket and TCP flow control slows the client. A handler that awaits the whole
+   body (JSON requests) is unaffected.
+2. Keep-alive connections that no longer hang or leak after an early response (see
+   BoundedASGIHTTPConnection), and an HTTP server that survives one connection's protocol error
+   (see harden_hypercorn).
 """
 from __future__ import annotations
 
 from quart_trio.asgi import TrioASGIHTTPConnection
-from werkzeug.exceptions import RequestEntityTooLarge
 from quart_trio.wrappers.request import EventWrapper, TrioBody, TrioRequest
+from werkzeug.exceptions import RequestEntityTooLarge
 
 LIMIT = 4 << 20
 
@@ -25,11 +29,12 @@ class BoundedBody(TrioBody):
         self._size = 0
         self._want = 1  # wake the consumer once this many bytes are buffered
         self._whole = False  # someone awaits the complete body: never hold the sender back
+        self._released = False  # the response is done; the rest of the body is discarded
         self._room = EventWrapper()
 
     # the sending side (hypercorn -> handle_messages)
     def append(self, data: bytes) -> None:
-        if data == b"" or self._must_raise is not None:
+        if data == b"" or self._must_raise is not None or self._released:
             return
         self._chunks.append(data)
         self._size += len(data)
@@ -40,10 +45,16 @@ class BoundedBody(TrioBody):
             self._has_data.set()
 
     async def wait_room(self) -> None:
-        while (self._size > LIMIT and not self._whole and not self._complete.is_set()
-               and self._must_raise is None):
+        while (self._size > LIMIT and not self._whole and not self._released
+               and not self._complete.is_set() and self._must_raise is None):
             self._room.clear()
             await self._room.wait()
+
+    def release(self) -> None:
+        """The response is finished: drop what is buffered and whatever still arrives."""
+        self._released = True
+        self._chunks, self._size = [], 0
+        self._room.set()
 
     def _take(self) -> bytes:
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
@@ -104,6 +115,17 @@ class BoundedRequest(TrioRequest):
 
 
 class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
+    """quart-trio's connection with two fixes:
+    - backpressure: the receiving side waits while the handler is behind (see BoundedBody);
+    - no self-cancellation at the end of a response. hypercorn emits `http.disconnect` from
+      inside the final `send` of the response (as it closes or recycles the stream); quart-trio
+      then cancelled the nursery, interrupting hypercorn's own recycle/close half-way, so a
+      keep-alive connection whose response finished before its request body did would hang
+      forever. A disconnect cancels the handler only while the response is unfinished (the
+      client went away mid-request, e.g. a cut-off upload)."""
+
+    _response_done = False
+
     async def handle_messages(self, nursery, request, receive) -> None:  # type: ignore
         body = request.body
         while True:
@@ -112,11 +134,21 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
                 body.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     body.set_complete()
-                else:
+                elif isinstance(body, BoundedBody):
                     await body.wait_room()
             elif message["type"] == "http.disconnect":
                 break
-        nursery.cancel_scope.cancel()
+        if not self._response_done:
+            nursery.cancel_scope.cancel()
+
+    async def handle_request(self, nursery, request, send) -> None:  # type: ignore
+        async def tracking_send(message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._response_done = True
+                if isinstance(request.body, BoundedBody):
+                    request.body.release()  # nobody will read the rest: drain, do not hold
+            await send(message)
+        await super().handle_request(nursery, request, tracking_send)
 
 
 def install(app) -> None:

@@ -59,6 +59,8 @@ def create_static_app(node) -> QuartTrio:
 
     @app.route("/<rawpath:rel>", methods=["GET", "HEAD"], merge_slashes=False)
     async def serve(rel: str):
+        # exactly what was asked: werkzeug's request.path strips extra leading slashes
+        rel = request.scope.get("path", request.path)[1:]
         if rel.endswith("/") and "\x00" not in rel and ".." not in rel.split("/"):
             return _error(404, "directory listings are not served", rel)
         try:

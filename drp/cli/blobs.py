@@ -115,7 +115,11 @@ def _keyword(args: list[str], word: str, default: str | None, usage: str) -> str
 
 # ---- files and isos --------------------------------------------------------------------------
 def _url(kind: str, path: str) -> str:
-    return f"/{kind}/" + quote(path.lstrip("/"), safe="/")
+    """/kind/<path>, percent-encoded; '.' and '..' segments are encoded too, so the server
+    (not httpx's URL normalization) sees them and refuses them."""
+    segments = [quote(s, safe="").replace(".", "%2E") if s in (".", "..") else quote(s, safe="")
+                for s in path.lstrip("/").split("/")]
+    return f"/{kind}/" + "/".join(segments)
 
 
 def _blob_verbs(kind: str, model: str, flat: bool) -> None:

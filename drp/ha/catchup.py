@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import trio
@@ -85,8 +86,10 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     snap_path = base / "ha" / f"snapshot-{snap.seq}.db"
     progress.phase = "catch-up (snapshot)"
     progress.bytes_total = snap.size
+    began = time.monotonic()
     await fetcher.fetch(f"/api/v3/ha/snapshot/{snap.snapshot_id}", snap_path, snap.sha256,
                         progress=progress)
+    snap_s = time.monotonic() - began
     manifest, objects = await trio.to_thread.run_sync(_read_manifest, snap_path)
     progress.objects_total = objects
     local = LocalBlobs(node)
@@ -112,6 +115,7 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
              "(%.1f MiB), keeping %d", snap.seq, objects, len(manifest), len(need),
              sum(n[1] for n in need) / 2**20, len(manifest) - len(need))
     limiter = trio.CapacityLimiter(PARALLEL_FETCHES)
+    files_began = time.monotonic()
 
     async def fetch_one(path, size, sha, mode):
         async with limiter:
@@ -131,7 +135,13 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
         await trio.to_thread.run_sync(storage.remove, storage.disk_path(base, path))
     if extra:
         log.info("catch-up: removed %d files the active does not have", len(extra))
+    files_s = time.monotonic() - files_began
     progress.phase = "catch-up (installing)"
+    install_began = time.monotonic()
     await store.install_snapshot(snap_path)
     progress.objects_done = objects
     snap_path.unlink(missing_ok=True)
+    done = time.monotonic()
+    log.info("catch-up timings: snapshot %d bytes in %.3fs, %d blobs %d bytes in %.3fs, "
+             "installed %d objects in %.3fs, total %.3fs", snap.size, snap_s, len(need),
+             sum(n[1] for n in need), files_s, objects, done - install_began, done - began)

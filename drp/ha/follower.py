@@ -61,6 +61,8 @@ class Follower:
     def __init__(self, node):
         self.node = node
         self.welcomed = False  # the current session got a welcome
+        self.streaming = False  # the current session is past catch-up, applying entries
+        self._progress = trio.Event()  # set after every message handled while streaming
         self.store = node.store
         self.cfg = node.cfg
         self.proto = p.PassiveFollower()
@@ -69,6 +71,20 @@ class Follower:
 
     def _status(self, text: str) -> None:
         self.node.status_line(text)
+
+    async def drain(self, timeout: float) -> None:
+        """Before this node takes over from an active that is handing over: apply what it
+        still sends (it accepts no new writes), so its last acknowledged writes are here."""
+        began = time.monotonic()
+        with trio.move_on_after(timeout):
+            while self.streaming and not self.proto.has_final:
+                await self._progress.wait()
+        if self.proto.has_final:
+            log.info("took every entry of the handing-over active (seq %d, %.0f ms)",
+                     self.proto.applied_seq, (time.monotonic() - began) * 1000)
+        elif self.streaming:
+            log.warning("the active did not finish its handover within %.1fs; taking over at "
+                        "seq %d", timeout, self.proto.applied_seq)
 
     async def run(self) -> None:
         """Follow forever: reconnect with capped backoff; refused → retry slowly."""
@@ -119,7 +135,7 @@ class Follower:
         async with trio_websocket.open_websocket_url(
                 _ws_url(self.cfg.join_url), ctx, extra_headers=headers,
                 max_message_size=MAX_MESSAGE, receive_buffer_size=1 << 20,
-                connect_timeout=5, disconnect_timeout=2) as ws:
+                connect_timeout=5, disconnect_timeout=0.5) as ws:
             hello = self.proto.start(await self._hello())
             await ws.send_message(p.encode(hello))
             msg = p.decode(await ws.get_message())
@@ -188,7 +204,19 @@ class Follower:
         LAG_ENTRIES.set(self.proto.lag_entries)
         LAG_SECONDS.set(self.proto.lag_seconds or 0)
 
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
     async def _stream(self, ws) -> None:
+        self.streaming = True
+        try:
+            await self._stream_loop(ws)
+        finally:
+            self.streaming = False
+            self._progressed()
+
+    async def _stream_loop(self, ws) -> None:
         last_report = time.monotonic()
         while True:
             msg = None
@@ -204,9 +232,13 @@ class Follower:
                 await ws.send_message(p.encode(self.proto.applied(entries[-1]["seq"])))
             elif isinstance(msg, p.Heartbeat):
                 self.proto.on_heartbeat(msg)
+            elif isinstance(msg, p.Handover):
+                self.proto.on_handover(msg)
+                log.info("the active is handing over; its last entry is seq %d", msg.head)
             else:
                 raise p.ProtocolError(f"unexpected {msg.type} while streaming")
             self._realtime_check()
+            self._progressed()
             if self.proto.state == p.SYNCING and time.monotonic() - last_report > 5:
                 last_report = time.monotonic()
                 log.info("streaming: applied seq %d of %d (%d behind)", self.proto.applied_seq,

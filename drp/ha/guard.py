@@ -21,7 +21,7 @@ import trio
 from drp.ha import vip
 
 log = logging.getLogger("drp.ha")
-ARP_PROBE_TIMEOUT = 0.1  # ARP answers on a LAN take well under a millisecond
+ARP_PROBE_TIMEOUT = 0.05  # ARP answers on a LAN take well under a millisecond
 INFO_TIMEOUT = 1.0
 RELEASE_POLL = 0.05  # while a node hands over, how often to look whether it let the VIP go
 
@@ -93,6 +93,10 @@ async def other_active(node) -> str | None:
                         "crashed node?); taking it over", vip_ip, holder)
     if not join_is_vip:  # when the join URL is the VIP, the ARP probe already answered this
         info = await _info_at(join, cfg.ha_token, node.drp_id)
+        deadline = time.monotonic() + cfg.ha_handover_timeout + 2
+        while info and info.get("ha_status") == "Handover" and time.monotonic() < deadline:
+            await trio.sleep(RELEASE_POLL)  # let it finish handing its last entries over
+            info = await _info_at(join, cfg.ha_token, node.drp_id)
         if info and info.get("ha_is_active"):
             return f"{join} is served by another active ({info['id']})"
     return None

@@ -108,9 +108,15 @@ class Heartbeat:  # active → passive when idle, so lag can be reported in seco
     time: float
 
 
-Message = Hello | Ack | SnapshotDone | Refuse | Welcome | Snapshot | Entries | Heartbeat
+@dataclass(frozen=True)
+class Handover:  # active → passive: no more writes here; my last entry is head
+    type: ClassVar[str] = "handover"
+    head: int
+
+
+Message = Hello | Ack | SnapshotDone | Refuse | Welcome | Snapshot | Entries | Heartbeat | Handover
 MESSAGES: dict[str, type] = {c.type: c for c in (Hello, Ack, SnapshotDone, Refuse, Welcome,
-                                                  Snapshot, Entries, Heartbeat)}
+                                                  Snapshot, Entries, Heartbeat, Handover)}
 
 
 def _show(value: Any) -> str:
@@ -351,6 +357,7 @@ class PassiveFollower:
         self.epoch = self._recv_epoch = hello.epoch
         self.applied_seq = self.received_seq = self.head = hello.seq
         self.mode: str | None = None
+        self.final_head: int | None = None  # set when the active announces its handover
         self.divergent = 0
         self.active_drp_id: str | None = None
         self.active_history: History = ()
@@ -439,6 +446,20 @@ class PassiveFollower:
         self._active_time = max(self._active_time or 0.0, h.time)
         self._check_realtime()
 
+    def on_handover(self, h: Handover) -> None:
+        """The active stopped taking writes at h.head (a planned switch is under way)."""
+        self.just_reached_realtime = False
+        if self.state == CONNECTING:
+            raise ProtocolError("unexpected handover before welcome")
+        self.final_head = h.head
+        self.head = max(self.head, h.head)
+        self._check_realtime()
+
+    @property
+    def has_final(self) -> bool:
+        """Applied everything the handing-over active will ever send."""
+        return self.final_head is not None and self.applied_seq >= self.final_head
+
     def _check_realtime(self) -> None:
         # In-Sync is entered once per connection, so the flag fires once per connection
         if self.state == SYNCING and not self._awaiting_snapshot and self.applied_seq >= self.head:
@@ -464,6 +485,9 @@ class PassiveFollower:
 
 # --- active side ------------------------------------------------------------------------------
 
+JOINING = "Joining"  # internal: holds writes back, not yet electable; shown as Syncing
+
+
 @dataclass
 class _Passive:
     id: str
@@ -471,6 +495,11 @@ class _Passive:
     acked: int
     state: str
     sends: deque = field(default_factory=deque)  # (seq, time) sent and not yet acked
+    join_seq: int = 0  # JOINING: In-Sync once it acks this
+
+    @property
+    def holds_writes(self) -> bool:
+        return self.state in (IN_SYNC, JOINING)
 
 
 class ActiveTracker:
@@ -506,7 +535,7 @@ class ActiveTracker:
     def head_advanced(self, seq: int, now: float) -> None:
         if seq < self.head:
             raise ValueError(f"head went back from {self.head} to {seq}")
-        if seq > self.head and any(p.state == IN_SYNC for p in self._passives.values()):
+        if seq > self.head and any(p.holds_writes for p in self._passives.values()):
             self._commits.append((seq, now))
         self.head = seq
 
@@ -517,6 +546,11 @@ class ActiveTracker:
             raise ValueError(f"sent seq {seq} past head {self.head}")
         if seq > p.acked and (not p.sends or seq > p.sends[-1][0]):
             p.sends.append((seq, now))
+        if p.state == SYNCING and seq >= self.head:
+            # Caught up as of this send: writes committed from now on wait for it, so once it
+            # acks seq it holds every acknowledged write and can be called In-Sync. (Waiting
+            # for an ack of the moving head instead would never happen under steady load.)
+            p.state, p.join_seq = JOINING, seq
 
     def on_ack(self, passive_id: str, seq: int, now: float) -> bool:
         """Also feed snapshot_done here. True when this ack (re)joins the passive to In-Sync.
@@ -529,7 +563,8 @@ class ActiveTracker:
         p.acked = seq
         while p.sends and p.sends[0][0] <= seq:
             p.sends.popleft()
-        joined = p.state == SYNCING and seq >= self.head
+        joined = (p.state == SYNCING and seq >= self.head) or \
+            (p.state == JOINING and seq >= p.join_seq)
         if joined:
             p.state = IN_SYNC
         self._trim()
@@ -537,18 +572,18 @@ class ActiveTracker:
 
     def must_wait_for(self, seq: int) -> set[str]:
         """In-Sync passives that have not acked seq: a write at seq returns when this is empty."""
-        return {p.id for p in self._passives.values() if p.state == IN_SYNC and p.acked < seq}
+        return {p.id for p in self._passives.values() if p.holds_writes and p.acked < seq}
 
     def released_through(self) -> int | None:
         """Every write at or below this seq may return (None: no passive holds writes back)."""
-        return min((p.acked for p in self._passives.values() if p.state == IN_SYNC),
+        return min((p.acked for p in self._passives.values() if p.holds_writes),
                    default=None)
 
     def expire(self, now: float, sync_timeout: float) -> list[str]:
         """Drop to Syncing the In-Sync passives owing an ack for longer than sync_timeout."""
         dropped = []
         for p in self._passives.values():
-            if p.state != IN_SYNC or p.acked >= self.head:
+            if not p.holds_writes or p.acked >= self.head:
                 continue
             # due since its oldest unacked entry was committed or sent, whichever came first
             due = [t for t in (next((t for s, t in self._commits if s > p.acked), None),
@@ -569,6 +604,7 @@ class ActiveTracker:
 
     def snapshot(self) -> list[dict]:
         """For /api/v3/info ha_passive_state."""
-        return [{"id": p.id, "address": p.address, "state": p.state,
+        return [{"id": p.id, "address": p.address,
+                 "state": SYNCING if p.state == JOINING else p.state,
                  "electable": p.state == IN_SYNC, "lag": self.head - p.acked}
                 for p in self._passives.values()]

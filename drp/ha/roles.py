@@ -24,6 +24,7 @@ from drp.metrics import EPOCH, ROLE
 
 log = logging.getLogger("drp.ha")
 CLEANUP_BUDGET = 3.0  # seconds shielded cleanup may take when a role is cancelled
+HOLD_TIMEOUT = 1.0  # how long the VIP waits for the answer to a switch asked through it
 
 
 def _vip_args(cfg) -> tuple[str, str, str | None]:
@@ -109,7 +110,7 @@ def _passive_reason(node) -> str:
                                             and node.ha_active_id != node.drp_id else ""))
 
 
-async def handover(node) -> None:
+async def handover(node, hold=None) -> None:
     """Leaving ACTIVE gracefully: no new writes, the passives get the last entry, VIP goes,
     then the replication sessions end (the passives reconnect to whoever takes the VIP)."""
     cfg, store, hub = node.cfg, node.store, node.hub
@@ -120,6 +121,8 @@ async def handover(node) -> None:
     store.refuse_writes = _passive_reason(node)
     async with store._writer:  # writes already inside the writer finish first
         pass
+    if hub is not None:
+        hub.begin_handover()
     log.info("handover: refusing new writes; waiting for In-Sync passives to ack seq %d",
              store.head)
     if hub is not None:
@@ -130,6 +133,11 @@ async def handover(node) -> None:
             log.warning("handover: In-Sync passives did not ack seq %d within "
                         "--ha-handover-timeout %.1fs; switching anyway", store.head,
                         cfg.ha_handover_timeout)
+    if hold is not None:  # the switch was asked for through the VIP: answer first
+        hold.used = True
+        hold.ready.set()
+        with trio.move_on_after(HOLD_TIMEOUT):
+            await hold.sent.wait()
     await _drop_vip(node)
     if hub is not None:
         hub.vip_held = False
@@ -157,5 +165,9 @@ async def run_passive(node, began: float | None = None,
     node.status_line(f"passive: connecting to {node.cfg.join_url}")
     log.info("passive: following the active at %s", node.cfg.join_url)
     follower = Follower(node)
+    node.follower = follower
     task_status.started(True)
-    await follower.run()
+    try:
+        await follower.run()
+    finally:
+        node.follower = None

@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 
 from drp import __version__
+from drp.errors import ApiError
 from drp.ha import protocol as p
 from drp.metrics import SYNC_WAIT
 from drp.node import goarch, goos
@@ -58,6 +59,9 @@ class Hub:
         self.snapshot_dir = self.cfg.base_root / "ha" / "snapshots"
         self.snapshots: dict[str, Path] = {}
         self.closed = False
+        self.handing_over = False  # set by a graceful switch to passive (begin_handover)
+        self.final_head = 0
+        self._handover_started = trio.Event()
         self._sessions: set[trio.CancelScope] = set()
 
     def close(self) -> None:
@@ -68,14 +72,26 @@ class Hub:
             scope.cancel()
         self._wake()
 
+    def begin_handover(self) -> None:
+        """No more writes: tell every passive our final head once it has been sent. From now
+        on a passive that leaves still counts as owing its acks, so no write is confirmed
+        that the passive taking over may lack."""
+        self.handing_over = True
+        self.final_head = self.store.head
+        self._sync_head()
+        self._handover_started.set()
+
     # ---- sync gate ------------------------------------------------------------------------
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _sync_head(self) -> None:
-        if self.store.head > self.tracker.head:
-            self.tracker.head_advanced(self.store.head, time.monotonic())
+    def _sync_head(self, at_least: int = 0) -> None:
+        # A sender may read an entry the writer committed a moment before the store's head
+        # moved past it; committed is what counts.
+        head = max(self.store.head, at_least)
+        if head > self.tracker.head:
+            self.tracker.head_advanced(head, time.monotonic())
 
     async def wait_synced(self, seq: int) -> None:
         """Store commit hook: return once no In-Sync passive still owes an ack for seq."""
@@ -86,6 +102,13 @@ class Hub:
         while self.tracker.must_wait_for(seq) and not self.closed:
             await self._changed.wait()
         SYNC_WAIT.observe(time.monotonic() - started)
+        if self.tracker.must_wait_for(seq):
+            # The role ended before the passives confirmed it: never report such a write as
+            # replicated (a passive taking over may not have it).
+            raise ApiError(503, f"the write (seq {seq}) is committed on this node but no "
+                           "longer active node, and the passives did not confirm it: it may "
+                           "be lost on failover; check and retry on the active",
+                           type_="HA_UNCONFIRMED")
 
     async def wait_all_acked(self, timeout: float) -> bool:
         """For a graceful handover: every In-Sync passive has the head (bounded by timeout)."""
@@ -100,6 +123,8 @@ class Hub:
         timeout = self.cfg.ha_sync_timeout
         while True:
             await trio.sleep(min(0.1, timeout / 4))
+            if self.handing_over:  # passives are finishing the last entries: wait for them
+                continue
             for pid in self.tracker.expire(time.monotonic(), timeout):
                 log.warning("passive %s did not ack within --ha-sync-timeout %.1fs: dropped to "
                             "Syncing; writes no longer wait for it until it catches up",
@@ -110,7 +135,9 @@ class Hub:
     async def serve(self, ws, address: str) -> None:
         """Run one replication session on a websocket (send/receive of text frames), until
         it ends or the hub is closed."""
-        if self.closed:
+        if self.closed or self.handing_over:
+            await ws.send(p.encode(p.Refuse(f"{self.node.drp_id} is handing over to another "
+                                            "node", "not_active")))
             return
         with trio.CancelScope() as scope:
             self._sessions.add(scope)
@@ -156,7 +183,8 @@ class Hub:
                 nursery.start_soon(self._receive_acks, ws, pid)
                 await self._send_entries(ws, pid, start)
         finally:
-            self.tracker.remove(pid)
+            if not self.handing_over:  # see begin_handover
+                self.tracker.remove(pid)
             self._wake()
             log.info("passive %s at %s disconnected", pid, address)
 
@@ -193,13 +221,26 @@ class Hub:
                 log.info("passive %s is In-Sync at seq %d", pid, msg.seq)
             self._wake()
 
+    async def _wait_head_or_handover(self, pos: int, announced: bool) -> None:
+        async with trio.open_nursery() as nursery:
+            async def first(fn, *args):
+                await fn(*args)
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(first, self.store.wait_head_beyond, pos)
+            if not announced:
+                nursery.start_soon(first, self._handover_started.wait)
+
     async def _send_entries(self, ws, pid: str, start: int) -> None:
         pos = start - 1
+        announced = False
         while True:
             entries = await self.store.entries_after(pos, BATCH_ENTRIES)
             if not entries:
+                if self.handing_over and not announced and pos >= self.final_head:
+                    await ws.send(p.encode(p.Handover(self.final_head)))
+                    announced = True
                 with trio.move_on_after(HEARTBEAT) as idle:
-                    await self.store.wait_head_beyond(pos)
+                    await self._wait_head_or_handover(pos, announced)
                 if idle.cancelled_caught:
                     await ws.send(p.encode(p.Heartbeat(self.store.head, time.time())))
                 continue
@@ -214,7 +255,7 @@ class Hub:
                     break
                 batch.append(to_wire(entry))
             self._sync_head()
-            head = max(self.store.head, batch[-1]["seq"])
-            await ws.send(p.encode(p.Entries(batch, head)))
             pos = batch[-1]["seq"]
+            self._sync_head(at_least=pos)
+            await ws.send(p.encode(p.Entries(batch, self.tracker.head)))
             self.tracker.on_sent(pid, pos, time.monotonic())

@@ -58,6 +58,15 @@ def _warm_up() -> None:
     vip._scapy()
 
 
+class VipHold:
+    """Lets an HTTP request that asked for a switch to passive *through the VIP* get its
+    answer out before the VIP goes (the answer would be black-holed after): the handover sets
+    `ready` just before removing the VIP, then waits (bounded) for `sent`."""
+
+    def __init__(self, ready: trio.Event):
+        self.ready, self.sent, self.used = ready, trio.Event(), False
+
+
 class Supervisor:
     def __init__(self, node):
         self.node = node
@@ -66,14 +75,15 @@ class Supervisor:
         self.role: str | None = None
         self.switching: str | None = None  # the role a switch in progress is heading for
 
-    async def request_switch(self, role: str, done: trio.Event | None = None) -> None:
+    async def request_switch(self, role: str, done: trio.Event | None = None,
+                             hold: VipHold | None = None) -> None:
         """Queue a switch; `done` is set once it has been carried out, refused or ignored."""
         if role not in ("active", "passive"):
             raise ValueError(f"unknown role {role!r}")
         if self.switching is not None:
             log.info("switch to %s queued: the switch to %s is still in progress", role,
                      self.switching)
-        await self._send.send((role, done, time.monotonic()))
+        await self._send.send((role, done, hold, time.monotonic()))
 
     def initial_role(self) -> str:
         kept = read_state(self.cfg.base_root)
@@ -137,19 +147,21 @@ class Supervisor:
             if done is not None:
                 done.set()
             while True:
-                want, done, began = await self._recv.receive()
+                want, done, hold, began = await self._recv.receive()
                 if want == role:
                     log.info("already %s; ignoring the switch to %s", role, want)
                 elif want == "active":
                     log.info("switching from passive to active")
                     self.switching = want
                     if not await self._refused(guard, began):
+                        if node.follower is not None:  # a planned switch: take the tail
+                            await node.follower.drain(self.cfg.ha_handover_timeout)
                         break
                     self.switching = None
                 else:
                     log.info("switching from active to passive")
                     self.switching = want
-                    await roles.handover(node)
+                    await roles.handover(node, hold)
                     break
                 if done is not None:
                     done.set()

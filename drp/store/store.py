@@ -13,7 +13,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 import trio
 
@@ -173,18 +174,22 @@ class Store:
         await trio.to_thread.run_sync(self.local_set_sync, name, value)
 
     # ---- writes ---------------------------------------------------------------------------
-    async def write(self, fn: Callable[[Tx], Any], *, internal: bool = False) -> Any:
+    async def write(self, fn: Callable[[Tx], Any], *, internal: bool = False,
+                    during: ContextManager | None = None) -> Any:
         """Run fn(tx) in one transaction in the writer; returns fn's result after the change
-        is durable here and, when HA is active, acknowledged by every In-Sync passive."""
+        is durable here and, when HA is active, acknowledged by every In-Sync passive.
+        `during` is entered around the transaction only, not the wait for the passives (a
+        passive fetching a blob must not wait for the upload that waits for that passive)."""
         if self.refuse_writes and not internal:
             raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
         async with self._writer:
             if self.refuse_writes and not internal:  # the role may have changed while queued
                 raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
-            result, changes = await trio.to_thread.run_sync(self._run_tx, fn)
-            if changes:
-                self._set_position(changes[-1]["seq"], self.epoch_after(changes))
-                self.writes_since_trim += len(changes)
+            with during or nullcontext():
+                result, changes = await trio.to_thread.run_sync(self._run_tx, fn)
+                if changes:
+                    self._set_position(changes[-1]["seq"], self.epoch_after(changes))
+                    self.writes_since_trim += len(changes)
         if changes:
             self._notify(changes)
             for hook in list(self.commit_hooks):

@@ -3,13 +3,15 @@
 A "node" is a Debian bookworm root filesystem booted with its own systemd as PID 1:
 
     ip netns exec NS  unshare --pid --fork --kill-child --mount --uts --ipc --cgroup
-        sh boot.sh    # mounts overlay root, proc, sys (ro), cgroup2, /dev, /run, /tmp
-            exec chroot ROOT /lib/systemd/systemd --system
+        sh boot.sh    # root = overlay(cached rootfs, tmpfs upper); proc, sys (ro), cgroup2,
+                      # /dev (tmpfs + a few nodes, console = a pty), /run, /tmp
+            exec setpriv (no CAP_SYS_MODULE/TIME/RAWIO) chroot ROOT /lib/systemd/systemd --system
 
 so every mount lives in the node's private mount namespace (nothing ever appears in the host's
-mount table) and killing the node's PID 1 takes every process of the node with it.  Each node gets
-its own cgroup2 subtree (as its cgroup namespace root), so two nodes' systemds never see or kill
-each other's services.
+mount table), what the node writes lives in a tmpfs that vanishes with it, and killing the node's
+PID 1 takes every process of the node with it.  Each node gets its own cgroup2 subtree (as its
+cgroup namespace root), so two nodes' systemds never see or kill each other's services.  If the
+harness process dies, PR_SET_PDEATHSIG and `unshare --kill-child` take its nodes down with it.
 
     rootfs = ensure_rootfs()            # debootstrap once, cached in /var/cache/drp-system-test
     wheels = build_wheelhouse()         # pip wheel of this repo + its dependencies, cached
@@ -71,6 +73,7 @@ ROOTFS_MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "fstrim.tim
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NODE_ENV = {"PATH": NODE_PATH, "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",
             "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0", "USER": "root", "LOGNAME": "root"}
+TMPFS_SIZE = os.environ.get("DRP_SYSTEST_TMPFS_SIZE", "4g")  # per node, for what it writes
 CONTAINER_NAME = "drp-systest"  # the $container value systemd sees (systemd-detect-virt)
 _MARKER = ".drp-complete"
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
@@ -457,17 +460,19 @@ _overlay_ok: bool | None = None
 
 
 def overlay_supported() -> bool:
-    """Can this kernel mount overlayfs with the upper layer next to the node dirs?"""
+    """Can this kernel mount overlayfs with a tmpfs upper layer (as the nodes use it)?"""
     global _overlay_ok
     if _overlay_ok is None:
         NODES_DIR.mkdir(parents=True, exist_ok=True)
         probe = NODES_DIR / f".overlay-probe-{os.getpid()}"
         try:
-            for d in ("lower", "upper", "work", "merged"):
+            for d in ("lower", "rw", "merged"):
                 (probe / d).mkdir(parents=True, exist_ok=True)
             (probe / "lower" / "f").write_text("x")
-            script = (f"mount -t overlay overlay -o lowerdir={probe}/lower,upperdir={probe}/upper,"
-                      f"workdir={probe}/work {probe}/merged && echo y > {probe}/merged/f && cat {probe}/merged/f")
+            script = (f"mount -t tmpfs tmpfs {probe}/rw && mkdir {probe}/rw/upper {probe}/rw/work && "
+                      f"mount -t overlay overlay -o lowerdir={probe}/lower,upperdir={probe}/rw/upper,"
+                      f"workdir={probe}/rw/work {probe}/merged && echo y > {probe}/merged/f && "
+                      f"cat {probe}/merged/f")
             r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                capture_output=True, text=True, timeout=30)
             _overlay_ok = r.returncode == 0 and r.stdout.strip() == "y"
@@ -477,7 +482,9 @@ def overlay_supported() -> bool:
 
 
 def copy_mode() -> str:
-    """"overlay" (default when it works) or "copy" (cp -a); DRP_SYSTEST_COPY overrides."""
+    """How a node gets its own root: "overlay" (the cached rootfs as the lower layer; the default
+    when it works) or "copy" (cp -a of the rootfs); DRP_SYSTEST_COPY overrides.  Either way what
+    the node writes lives in a tmpfs of its private mount namespace: it costs nothing to delete."""
     mode = os.environ.get("DRP_SYSTEST_COPY", "auto")
     if mode == "auto":
         return "overlay" if overlay_supported() else "copy"
@@ -659,7 +666,12 @@ class SystemdNode:
             if exc_type is not None:
                 self.save_diagnostics(f"{exc_type.__name__}: {exc}")
         finally:
-            self.stop()
+            try:
+                self.stop()
+            except NodeError as e:
+                if exc_type is None:
+                    raise
+                print(e, file=sys.stderr)  # the test's own failure is the one to report
 
     def start(self) -> None:
         global _cleaned_once
@@ -671,16 +683,17 @@ class SystemdNode:
         mode = self.mode or copy_mode()
         self.dir.mkdir(parents=True)
         (self.dir / "owner.json").write_text(json.dumps(_owner_record()))
-        root = self.dir / "root"
+        for d in ("root", "rw"):
+            (self.dir / d).mkdir()
+        # the node's writes go to a tmpfs inside its own mount namespace: gone with the node, and
+        # no slow rm -rf of thousands of files (the venv) on a disk mounted with discard
+        tmpfs = f'mount -t tmpfs -o mode=755,size={TMPFS_SIZE} tmpfs'
         if mode == "overlay":
-            for d in ("upper", "work", "root"):
-                (self.dir / d).mkdir()
-            mount_root = (f'mount -t overlay overlay -o "lowerdir={rootfs},upperdir=$N/upper,'
-                          f'workdir=$N/work" "$R"')
+            mount_root = (f'{tmpfs} "$N/rw"\nmkdir "$N/rw/upper" "$N/rw/work"\n'
+                          f'mount -t overlay overlay -o "lowerdir={rootfs},upperdir=$N/rw/upper,'
+                          f'workdir=$N/rw/work" "$R"')
         else:
-            _run(["cp", "-a", "--reflink=auto", rootfs, root], timeout=600)
-            mount_root = "mount --bind \"$R\" \"$R\""  # a mount point, so it looks like a real root
-        self.copy_seconds = time.monotonic() - t0
+            mount_root = f'{tmpfs} "$R"\ncp -a {shlex.quote(str(rootfs))}/. "$R/"'
 
         self._cgroup = _cgroup_base() / self.id
         self._cgroup.mkdir(parents=True)

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -70,6 +71,35 @@ print(json.dumps({"status": r.status_code, "body": r.text}))
 """
 
 
+class Probe:
+    """_PROBE running in the client namespace; its records are collected as they arrive."""
+
+    def __init__(self, client, url: str, seconds: float):
+        self.records: list[dict] = []
+        self.proc = client.popen([sys.executable, "-c", _PROBE, url, str(seconds), *AUTH],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.records.append(json.loads(line))
+
+    def ok(self, after: float = 0.0) -> list[float]:
+        """Times of the successful requests (after `after`)."""
+        return [r["t"] for r in list(self.records) if r.get("status") == 200 and r["t"] > after]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.thread.join(timeout=10)
+
+
 def client_request(client, method: str, url: str, body: dict | None = None) -> tuple[int, str]:
     out = client.run([sys.executable, "-c", _REQUEST, method, url, *AUTH,
                       json.dumps(body) if body is not None else ""], timeout=30).stdout
@@ -105,23 +135,44 @@ def rootfs() -> Path:
     return h.ensure_rootfs()
 
 
+class Phases:
+    """Wall-clock time of each step, printed at the end (pytest -s shows it)."""
+
+    def __init__(self):
+        self.t0 = self.last = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} {s:.1f}s" for n, s in self.steps) + f"; total {self.last - self.t0:.1f}s"
+
+
 def test_ha_failover_under_systemd(rootfs):
+    phase = Phases()
     wheels = h.build_wheelhouse()
+    phase("wheels")
     with contextlib.ExitStack() as stack:
         lab = stack.enter_context(h.load_netns().Lab())
         ha, hb, client = (lab.add_host("a", A_CIDR), lab.add_host("b", B_CIDR),
                           lab.add_host("client", CLIENT_CIDR))
         a = stack.enter_context(h.SystemdNode("a", netns=ha.ns, rootfs=rootfs))
         b = stack.enter_context(h.SystemdNode("b", netns=hb.ns, rootfs=rootfs))
+        phase("boot")
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             for f in [pool.submit(h.install_drp, n, wheels) for n in (a, b)]:
                 f.result()
+        phase("install")
 
         # --- the initially active node: up on its own, then a long-lived superuser token
         a.systemctl("start", "dr-provision", check=True)  # Type=notify: returns once READY=1
         assert_running(a)
         token = a.exec("drpcli users token rocketskates ttl 3y | jq -r .Token").stdout.strip()
         assert token and token != "null", "drpcli users token gave no Token"
+        phase("A alone + token")
 
         # --- 20-ha.conf on both (B passive), daemon-reload, restart
         settings = h.HASettings(interface=ha.ifname, address=VIP_CIDR, ha_id=HA_ID, token=token)
@@ -132,11 +183,13 @@ def test_ha_failover_under_systemd(rootfs):
         assert_running(a)
         h.wait_for(lambda: has_vip(ha), timeout=30, what="the VIP on A")
         assert not has_vip(hb)
+        phase("A active")
         b.systemctl("restart", "dr-provision", check=True)
         assert_running(b)
         h.wait_for(lambda: REALTIME in journal(b), timeout=120, what=f"{REALTIME!r} in B's journal")
         assert status_line(a) and status_line(b)
         assert not has_vip(hb)
+        phase("B in sync")
 
         # --- the client reaches the active node through the VIP, and writes something
         status, body = client_request(client, "GET", f"{API}/info")
@@ -150,10 +203,9 @@ def test_ha_failover_under_systemd(rootfs):
         # --- manual failover, probed all along by the client
         pids = {n.name: n.pid_of_unit("dr-provision") for n in (a, b)}
         a_realtime_before = journal(a).count(REALTIME)
-        probe = client.popen([sys.executable, "-c", _PROBE, f"{API}/info", "90", *AUTH],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        probe = Probe(client, f"{API}/info", seconds=120)
         try:
-            time.sleep(1.0)
+            h.wait_for(lambda: probe.ok(), timeout=30, what="the client's probe to reach A")
             t_switch = time.time()
             a.systemctl("kill", "-s", "USR2", "dr-provision", check=True)
             h.wait_for(lambda: not has_vip(ha), timeout=30, what="A to release the VIP")
@@ -161,14 +213,16 @@ def test_ha_failover_under_systemd(rootfs):
             h.wait_for(lambda: has_vip(hb), timeout=30, what="the VIP on B")
             h.wait_for(lambda: client.neighbour_mac(VIP) == hb.mac, timeout=15,
                        what="the client's ARP entry for the VIP to point at B (gratuitous ARP)")
-            time.sleep(3.0)  # let the client see B for a while
+            h.wait_for(lambda: probe.ok(after=t_switch), timeout=30,
+                       what="the client's probe to reach B through the VIP")
+            phase("switch")
+            time.sleep(2.0)  # let the client see B for a while
         finally:
-            probe.terminate()
-            out, err = probe.communicate(timeout=30)
-        records = [json.loads(line) for line in out.splitlines() if line.strip()]
-        ok = [r["t"] for r in records if r.get("status") == 200]
-        assert any(t < t_switch for t in ok), f"client never reached A through the VIP: {records[:5]} {err}"
-        assert any(t > t_switch for t in ok), f"client never reached B through the VIP: {records[-5:]} {err}"
+            probe.stop()
+        records = probe.records
+        ok = probe.ok()
+        assert any(t < t_switch for t in ok), f"client never reached A through the VIP: {records[:5]}"
+        assert any(t > t_switch for t in ok), f"client never reached B through the VIP: {records[-5:]}"
         outage = max((t2 - t1 for t1, t2 in zip(ok, ok[1:])), default=0.0)
         print(f"client: {len(records)} requests, {len(ok)} ok, longest gap {outage:.2f}s")
         assert outage < 30, f"the VIP was unreachable for {outage:.1f}s"
@@ -187,3 +241,5 @@ def test_ha_failover_under_systemd(rootfs):
         assert status_line(a) and status_line(b)
         for n in (a, b):
             assert "Traceback" not in journal(n), f"[{n.name}] traceback in the journal"
+        phase("A follows B")
+        print(f"phases: {phase}")

@@ -1,0 +1,120 @@
+"""Failover benchmark: from the signal to the first write accepted through the VIP (root).
+
+    python -m bench failover [--quick] [--planned N] [--crash N]
+
+Two real dr-provision nodes and a client, each in its own network namespace on one bridge
+(198.18.0.0/15, VIP 198.18.0.100/24 on eth0). A writer in the client namespace POSTs a new
+param through the VIP in a loop (a fresh connection each, connect timeout 0.1 s) and records
+when each write was acknowledged.
+
+- planned: USR2 to the active, wait until it released the VIP, then USR1 to the passive;
+  measured from the USR1 to the first write acknowledged after it.
+- crash: kill -9 the active (its namespace keeps the VIP: the guard sees no dr-provision behind
+  it and takes over), then USR1 to the passive; measured from the USR1. The killed node is
+  restarted with its stale ha-state.json (the guard keeps it passive) and catches up.
+
+Also reported: the server's own share, from the new active's "accepting writes (N ms after the
+switch began)" log line. The last line of output is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.hanet import REALTIME, Cluster, Writer
+from tests.netns import Lab
+
+ACCEPTING = re.compile(r"active: accepting writes \((\d+) ms after the switch began\)")
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _server_ms(node, before: int) -> float | None:
+    found = ACCEPTING.findall(node.logs())
+    return float(found[-1]) if len(found) > before else None
+
+
+def _summary(values: list[float]) -> dict:
+    return {"runs": len(values), "median_s": round(statistics.median(values), 4),
+            "max_s": round(max(values), 4), "min_s": round(min(values), 4)}
+
+
+def run(planned_runs: int, crash_runs: int, workdir: Path) -> dict:
+    results: dict[str, list[float]] = {"planned": [], "crash": []}
+    server: dict[str, list[float]] = {"planned": [], "crash": []}
+    with Lab() as lab:
+        cluster = Cluster(lab, workdir, nodes=2)
+        writer = None
+        try:
+            nodes = cluster.start()
+            writer = Writer(cluster.client_host.ns)
+            writer.first_ack_after(time.monotonic())
+            active, passive = nodes
+            for kind, count in (("planned", planned_runs), ("crash", crash_runs)):
+                for i in range(count):
+                    old_synced = active.log_count(REALTIME)
+                    accepting = len(ACCEPTING.findall(passive.logs()))
+                    if kind == "planned":
+                        active.signal(signal.SIGUSR2)
+                        _wait(lambda: not active.has_vip(), 15, "the active to drop the VIP")
+                        time.sleep(0.2)
+                    else:
+                        active.kill()
+                    t0 = time.monotonic()
+                    passive.signal(signal.SIGUSR1)
+                    took = writer.first_ack_after(t0) - t0
+                    results[kind].append(took)
+                    ms = _server_ms(passive, accepting)
+                    if ms is not None:
+                        server[kind].append(ms / 1000)
+                    print(f"{kind} {i + 1}/{count}: first write through the VIP after "
+                          f"{took * 1000:.0f} ms (server: {ms} ms)", flush=True)
+                    old = active
+                    if kind == "crash":
+                        old.start(wait=True)  # stale ha-state.json: the guard keeps it passive
+                    _wait(lambda: old.log_count(REALTIME) > old_synced and
+                          old.info().get("ha_status") == "In-Sync", 60,
+                          "the old active to follow the new one")
+                    active, passive = passive, old
+        finally:
+            if writer is not None:
+                writer.stop()
+            cluster.close()
+    out = {kind: _summary(v) for kind, v in results.items() if v}
+    for kind, v in server.items():
+        if v and kind in out:
+            out[kind]["server_median_s"] = round(statistics.median(v), 4)
+    out["target_planned_median_s"] = 0.25
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench failover")
+    ap.add_argument("--quick", action="store_true", help="3 planned and 2 crash runs")
+    ap.add_argument("--planned", type=int, default=None)
+    ap.add_argument("--crash", type=int, default=None)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench failover needs root (network namespaces)", file=sys.stderr)
+        return 2
+    planned = args.planned if args.planned is not None else (3 if args.quick else 10)
+    crash = args.crash if args.crash is not None else (2 if args.quick else 5)
+    with tempfile.TemporaryDirectory(prefix="drp-bench-failover-") as tmp:
+        out = run(planned, crash, Path(tmp))
+    print(json.dumps(out))
+    return 0

@@ -1,0 +1,95 @@
+"""The static file server: plain HTTP, read-only, unauthenticated, tftpboot/ only."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import httpx
+import pytest
+
+from tests.blobutil import raw_request
+
+
+@pytest.fixture
+def static(drp):
+    with httpx.Client(base_url=f"http://127.0.0.1:{drp.static_port}", timeout=30) as client:
+        yield client
+
+
+def test_serves_uploaded_files_and_isos(drp, static):
+    data, iso = os.urandom(1_234_567), os.urandom(300_000)
+    with drp.client() as c:
+        c.post("/files/pxe/boot/vmlinuz", content=data)
+        c.post("/isos/os.iso", content=iso)
+    r = static.get("/files/pxe/boot/vmlinuz")  # no credentials needed
+    assert r.status_code == 200 and r.content == data
+    digest = hashlib.sha256(data).hexdigest()
+    assert r.headers["X-DRP-SHA256SUM"] == digest and r.headers["ETag"] == f'"SHA256:{digest}"'
+    assert static.get("/isos/os.iso").content == iso
+    head = static.head("/isos/os.iso")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(iso))
+    r = static.get("/isos/os.iso", headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == iso[100:200]
+    assert r.headers["Content-Range"] == f"bytes 100-199/{len(iso)}"
+    r = static.get("/isos/os.iso", headers={"Range": "bytes=999999-"})
+    assert r.status_code == 416
+    etag = static.get("/files/pxe/boot/vmlinuz").headers["ETag"]
+    assert static.get("/files/pxe/boot/vmlinuz",
+                      headers={"If-None-Match": etag}).status_code == 304
+
+
+def test_other_tftpboot_files_are_served_without_a_checksum(drp, static):
+    tftp = drp.base_root / "tftpboot"
+    (tftp / "pxelinux.cfg").mkdir(parents=True, exist_ok=True)
+    (tftp / "pxelinux.cfg/default").write_text("DEFAULT local\n")
+    r = static.get("/pxelinux.cfg/default")
+    assert r.status_code == 200 and r.text == "DEFAULT local\n"
+    assert "X-DRP-SHA256SUM" not in r.headers
+
+
+def test_read_only_and_no_listings(drp, static):
+    with drp.client() as c:
+        c.post("/files/d/x", content=b"x")
+    for path in ("/", "/files", "/files/", "/files/d", "/files/d/"):
+        r = static.get(path)
+        assert r.status_code == 404 and b"x" != r.content, path
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        r = static.request(method, "/files/d/x", content=b"y")
+        assert r.status_code == 405, method
+    assert (drp.base_root / "tftpboot/files/d/x").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("target,code", [
+    ("/../drp.db", 400),
+    ("/files/../../drp.db", 400),
+    ("/files/%2e%2e/%2e%2e/drp.db", 400),
+    ("/%2e%2e/plugins/p", 400),
+    ("//etc/passwd", 400),
+    ("/%2Fetc%2Fpasswd", 400),
+    ("/files/a%00b", 400),
+    ("/../job-logs/x", 400),
+])
+def test_traversal_refused(drp, target, code):
+    (drp.base_root / "plugins").mkdir(exist_ok=True)
+    (drp.base_root / "plugins/p").write_text("not served")
+    status, headers, body = raw_request("127.0.0.1", drp.static_port, target, auth=False)
+    assert status == code, (target, body)
+    assert b"not served" not in body and b"SQLite" not in body
+    assert b'"Messages"' in body
+
+
+def test_symlinks_leaving_tftpboot_are_refused(drp, static, tmp_path):
+    tftp = drp.base_root / "tftpboot"
+    tftp.mkdir(exist_ok=True)
+    (tftp / "db").symlink_to(drp.base_root / "drp.db")
+    (tftp / "up").symlink_to(drp.base_root)
+    (tftp / "files").mkdir(exist_ok=True)
+    (tftp / "files/ok.txt").write_text("ok")
+    (tftp / "alias.txt").symlink_to(tftp / "files/ok.txt")
+    for path in ("/db", "/up/drp.db", "/up/plugins"):
+        r = static.get(path)
+        assert r.status_code == 403 and "symlink" in r.json()["Messages"][0], path
+    # links whose real path stays inside tftpboot/ are fine
+    assert static.get("/alias.txt").text == "ok"
+    assert static.get("/up/tftpboot/files/ok.txt").text == "ok"
