@@ -3,9 +3,12 @@
     python -m bench failover [--quick] [--planned N] [--crash N]
 
 Two real dr-provision nodes and a client, each in its own network namespace on one bridge
-(198.18.0.0/15, VIP 198.18.0.100/24 on eth0). A writer in the client namespace POSTs a new
-param through the VIP in a loop (a fresh connection each, connect timeout 0.1 s) and records
-when each write was acknowledged.
+(198.18.0.0/15, VIP 198.18.0.100/24 on eth0). A background writer in the client namespace
+POSTs new params through the VIP in 4 loops all along (a fresh connection each, connect timeout
+0.05 s); for each switch a fresh prober (2 such loops), started just before the signal, gives
+the time of the first write acknowledged after it. (Background requests that reached the old
+active just as it dropped the VIP hang until a timeout: their answers are black-holed. They are
+counted as stuck_requests and would otherwise hide when the new active starts answering.)
 
 - planned: USR2 to the active, wait until it released the VIP, then USR1 to the passive;
   measured from the USR1 to the first write acknowledged after it.
@@ -60,6 +63,7 @@ def run(planned_runs: int, crash_runs: int, workdir: Path) -> dict:
     with Lab() as lab:
         cluster = Cluster(lab, workdir, nodes=2)
         writer = None
+        stuck = 0
         try:
             nodes = cluster.start()
             writer = Writer(cluster.client_host.ns)
@@ -75,9 +79,15 @@ def run(planned_runs: int, crash_runs: int, workdir: Path) -> dict:
                         time.sleep(0.2)
                     else:
                         active.kill()
-                    t0 = time.monotonic()
-                    passive.signal(signal.SIGUSR1)
-                    took = writer.first_ack_after(t0) - t0
+                    # A fresh prober: the background writer's requests that reached the old
+                    # active as it dropped the VIP hang until a timeout (see stuck_requests).
+                    probe = Writer(cluster.client_host.ns, loops=2, prefix=f"probe{kind}{i}")
+                    try:
+                        t0 = time.monotonic()
+                        passive.signal(signal.SIGUSR1)
+                        took = probe.first_ack_after(t0) - t0
+                    finally:
+                        probe.stop()
                     results[kind].append(took)
                     ms = _server_ms(passive, accepting)
                     if ms is not None:
@@ -95,7 +105,10 @@ def run(planned_runs: int, crash_runs: int, workdir: Path) -> dict:
             if writer is not None:
                 writer.stop()
             cluster.close()
+        stuck = sum(1 for sent, failed, name in writer.errors if failed - sent > 0.3 and
+                    name not in ("ConnectTimeout", "ConnectError"))
     out = {kind: _summary(v) for kind, v in results.items() if v}
+    out["stuck_requests"] = stuck  # sent to the old active as it dropped the VIP; hung
     for kind, v in server.items():
         if v and kind in out:
             out[kind]["server_median_s"] = round(statistics.median(v), 4)

@@ -199,7 +199,7 @@ class Writer:
     def __init__(self, ns: str, loops: int = 4, prefix: str = "w"):
         self.ns, self.prefix = ns, prefix
         self.acked: list[tuple[float, float, str]] = []
-        self.errors = 0
+        self.errors: list[tuple[float, float, str]] = []  # (sent, failed, exception name)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
                          for i in range(loops)]
@@ -221,13 +221,13 @@ class Writer:
                 try:
                     r = http.post("/params", json={"Name": name, "Schema": {}})
                     ok = r.status_code == 201
-                except httpx.HTTPError:
+                except httpx.HTTPError as e:
+                    self.errors.append((sent, time.monotonic(), type(e).__name__))
                     ok = False
                 if ok:
                     self.acked.append((sent, time.monotonic(), name))
                     time.sleep(0.01)
                 else:
-                    self.errors += 1
                     time.sleep(0.005)
 
     def first_ack_after(self, t0: float, timeout: float = 30) -> float:

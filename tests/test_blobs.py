@@ -166,6 +166,20 @@ def test_concurrent_job_log_appends_are_whole_and_contiguous(drp):
         assert positions == sorted(positions)
 
 
+def test_file_and_directory_clashes_are_conflicts(drp):
+    with drp.client() as c:
+        assert c.get("/files").json() == []  # nothing uploaded yet
+        assert c.post("/files/a", content=b"file").status_code == 201
+        r = c.post("/files/a/b", content=b"below a file")
+        assert r.status_code == 409 and "parent" in r.json()["Messages"][0]
+        assert c.post("/files/d/x", content=b"x").status_code == 201
+        assert c.post("/files/d", content=b"over a directory").status_code == 409
+        assert c.delete("/files/d").status_code == 409
+        assert c.get("/files/d").status_code == 404  # directories are listed, not served
+    assert (drp.base_root / "tftpboot/files/a").read_bytes() == b"file"
+    assert temp_files(drp.base_root) == [] and len(changes(drp, "blob")) == 2
+
+
 def test_upload_checksum_header_mismatch_stores_nothing(drp):
     with drp.client() as c:
         r = c.post("/files/x.bin", content=b"hello", headers={"X-DRP-SHA256SUM": "00" * 32})

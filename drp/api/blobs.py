@@ -298,10 +298,12 @@ async def get_log(uuid: str):
     row = await store.blob(path)
     size = row["size"] if row else 0
     try:
-        fd, have = await trio.to_thread.run_sync(storage.open_regular,
-                                                 storage.disk_path(_base(), path))
+        target = await trio.to_thread.run_sync(storage.safe_path, _base(), path)
+        fd, have = await trio.to_thread.run_sync(storage.open_regular, target)
         opened = Opened(fd, have, None)
     except FileNotFoundError:
         opened = Opened(None, 0, None)
+    except PathError as e:
+        raise _api_error(e, "jobs", uuid) from None
     # Only the recorded bytes: an append in progress may already be past them on disk.
     return blob_response(request, opened, model="jobs", key=uuid, size=size)

@@ -111,8 +111,10 @@ def _passive_reason(node) -> str:
 
 
 async def handover(node, hold=None) -> None:
-    """Leaving ACTIVE gracefully: no new writes, the passives get the last entry, VIP goes,
-    then the replication sessions end (the passives reconnect to whoever takes the VIP)."""
+    """Leaving ACTIVE gracefully: no new writes, the passives ack the last entry and are told
+    it is the last (Handover), the replication sessions end, then the VIP goes (in this order:
+    whatever we send after the VIP is removed is black-holed). The passives reconnect to
+    whoever takes the VIP next."""
     cfg, store, hub = node.cfg, node.store, node.hub
     began = time.monotonic()
     node.ha_role, node.ha_status = "passive", "Handover"  # /api/v3/info: no longer active
@@ -133,15 +135,21 @@ async def handover(node, hold=None) -> None:
             log.warning("handover: In-Sync passives did not ack seq %d within "
                         "--ha-handover-timeout %.1fs; switching anyway", store.head,
                         cfg.ha_handover_timeout)
+    if hub is not None:  # the Handover message and the close must reach the passives
+        await hub.end_sessions()
     if hold is not None:  # the switch was asked for through the VIP: answer first
         hold.used = True
         hold.ready.set()
         with trio.move_on_after(HOLD_TIMEOUT):
             await hold.sent.wait()
+    if hub is not None:
+        # End the sessions while the VIP still routes to us, so the passives see a clean
+        # close now instead of a silent connection once the address is gone.
+        _close_hub(node, hub)
+        await hub.wait_sessions_closed()
     await _drop_vip(node)
     if hub is not None:
         hub.vip_held = False
-        _close_hub(node, hub)
 
 
 async def _drop_vip(node) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger("drp.ha.active")
 BATCH_ENTRIES = 500
 BATCH_BYTES = 4 << 20  # keep frames well under the passive's message limit
 HEARTBEAT = 1.0
+CLOSE_GRACE = 0.05  # after ending the sessions at a handover, before the VIP goes
 HELLO_TIMEOUT = 10.0
 
 
@@ -63,6 +64,8 @@ class Hub:
         self.final_head = 0
         self._handover_started = trio.Event()
         self._sessions: set[trio.CancelScope] = set()
+        self._streaming: set[str] = set()  # passives whose session streams entries
+        self._announced: set[str] = set()  # passives sent the Handover message
 
     def close(self) -> None:
         """The role ended: end every replication session (their passives reconnect to
@@ -71,6 +74,27 @@ class Hub:
         for scope in self._sessions:
             scope.cancel()
         self._wake()
+
+    async def wait_sessions_closed(self, timeout: float = 0.5) -> None:
+        """After close(): give the sessions a moment to send their close frames."""
+        with trio.move_on_after(timeout):
+            while self._sessions:
+                await trio.sleep(0.01)
+
+    async def end_sessions(self, announce_timeout: float = 1.0,
+                           close_timeout: float = 0.5) -> None:
+        """Handover, before the VIP goes: let every streaming session send its passive the
+        Handover message, then end the sessions, so both reach the passives while the VIP
+        still routes to us (whatever we send once it is removed is black-holed, and a
+        passive would wait for a dead connection until its stall timeout)."""
+        with trio.move_on_after(announce_timeout):
+            while self._streaming - self._announced:
+                await self._changed.wait()
+        self.close()
+        with trio.move_on_after(close_timeout):
+            while self._sessions:
+                await self._changed.wait()
+        await trio.sleep(CLOSE_GRACE)  # hypercorn sends the close frames as handlers return
 
     def begin_handover(self) -> None:
         """No more writes: tell every passive our final head once it has been sent. From now
@@ -145,6 +169,7 @@ class Hub:
                 await self._serve(ws, address)
             finally:
                 self._sessions.discard(scope)
+                self._wake()
 
     async def _serve(self, ws, address: str) -> None:
         with trio.fail_after(HELLO_TIMEOUT):
@@ -179,10 +204,12 @@ class Hub:
                 start = plan.start_seq
             log.info("passive %s at %s: streaming from seq %d (%s)", pid, address, start,
                      plan.mode)
+            self._streaming.add(pid)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_acks, ws, pid)
                 await self._send_entries(ws, pid, start)
         finally:
+            self._streaming.discard(pid)
             if not self.handing_over:  # see begin_handover
                 self.tracker.remove(pid)
             self._wake()
@@ -239,6 +266,8 @@ class Hub:
                 if self.handing_over and not announced and pos >= self.final_head:
                     await ws.send(p.encode(p.Handover(self.final_head)))
                     announced = True
+                    self._announced.add(pid)
+                    self._wake()
                 with trio.move_on_after(HEARTBEAT) as idle:
                     await self._wait_head_or_handover(pos, announced)
                 if idle.cancelled_caught:

@@ -102,11 +102,11 @@ class Supervisor:
         from drp.ha import guard
         node = self.node
         role = self.initial_role()
+        node.switch_role = self.request_switch  # requests wait in the queue until we are up
         async with trio.open_nursery() as nursery:
             if self.cfg.ha_interface != "lo":
                 nursery.start_soon(trio.to_thread.run_sync, _warm_up)
             await self._remove_leftover_vip()
-            node.switch_role = self.request_switch
             task_status.started()
             began, done = time.monotonic(), None
             if role == "active":

@@ -27,7 +27,7 @@ import pytest
 
 from . import harness as h
 
-SERVER_HA_READY = False
+SERVER_HA_READY = True
 
 pytestmark = [
     pytest.mark.system, pytest.mark.root, pytest.mark.timeout(600),
@@ -42,6 +42,9 @@ API = f"https://{VIP}:8092/api/v3"
 HA_ID = "systest-cluster"
 AUTH = ("rocketskates", "r0cketsk8ts")
 REALTIME = "Stream switch to realtime streaming"
+# longest the client may go without an answer through the VIP during the switch (seen: ~1.2 s,
+# and ~11 s when the new active first waits out its stale replication stream)
+MAX_OUTAGE = 8.0
 
 # Runs in the client namespace with the harness's python (httpx).  Bounded: at most `seconds`
 # and 2000 requests, one fresh connection each, so a moved VIP is seen by the next request.
@@ -225,7 +228,7 @@ def test_ha_failover_under_systemd(rootfs):
         assert any(t > t_switch for t in ok), f"client never reached B through the VIP: {records[-5:]}"
         outage = max((t2 - t1 for t1, t2 in zip(ok, ok[1:])), default=0.0)
         print(f"client: {len(records)} requests, {len(ok)} ok, longest gap {outage:.2f}s")
-        assert outage < 30, f"the VIP was unreachable for {outage:.1f}s"
+        assert outage < MAX_OUTAGE, f"the VIP was unreachable for {outage:.1f}s"
 
         # --- a role switch is not a restart; B serves what the client wrote through A
         assert {n.name: n.pid_of_unit("dr-provision") for n in (a, b)} == pids

@@ -189,7 +189,7 @@ def test_crashed_run_is_cleaned_up(rootfs):
         p.wait()
     # the node dies with its owner (PR_SET_PDEATHSIG + unshare --kill-child)
     h.wait_for(lambda: not _pid_ns_members(ns_link), timeout=10, what="the orphaned node to die")
-    assert node_dir.is_dir() and ns in _netns_names()  # the leftovers a crash leaves
+    assert node_dir.is_dir()  # what a crash leaves (and its netns, unless another Lab swept it)
     removed = h.cleanup_stale()
     assert str(node_dir) in removed
     assert not node_dir.exists() and not cgroup.exists() and ns not in _netns_names()

@@ -1,0 +1,71 @@
+"""drp.api.streaming: bounded request bodies, and keep-alive after early responses."""
+from __future__ import annotations
+
+import httpx
+import trio
+
+from drp.api.streaming import LIMIT, BoundedBody, chunks_of
+
+
+async def test_bounded_body_holds_the_sender_back():
+    body = BoundedBody(None, None)
+    chunk = b"x" * 65536
+    total = 64 << 20
+    peak = 0
+
+    async def sender():
+        nonlocal peak
+        for _ in range(total // len(chunk)):
+            body.append(chunk)
+            peak = max(peak, body._size)
+            await body.wait_room()
+        body.set_complete()
+
+    got = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        async for piece in chunks_of(body, 1 << 20):
+            assert len(piece) >= 1 << 20 or got + len(piece) == total
+            got += len(piece)
+            await trio.sleep(0.001)  # a slow disk
+    assert got == total
+    assert peak <= LIMIT + len(chunk)
+
+
+async def test_whole_body_await_is_not_held_back():
+    body = BoundedBody(None, None)
+
+    async def sender():
+        for _ in range(200):  # 12.5 MiB, more than LIMIT
+            body.append(b"y" * 65536)
+            await body.wait_room()
+        body.set_complete()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        with trio.fail_after(5):
+            data = await body
+    assert len(data) == 200 * 65536
+
+
+async def test_released_body_drains_without_buffering():
+    body = BoundedBody(None, None)
+    body.append(b"z" * (LIMIT + 1))
+    body.release()
+    with trio.fail_after(1):
+        await body.wait_room()
+    body.append(b"more")
+    assert body._size == 0
+
+
+def test_keep_alive_survives_responses_sent_before_the_body(drp):
+    """quart-trio cancelled hypercorn's own recycle of a connection whose response finished
+    before its request body arrived; the next request on it hung forever."""
+    static = httpx.Client(base_url=f"http://127.0.0.1:{drp.static_port}", timeout=5)
+    with static, drp.client(timeout=5) as api:
+        for i in range(60):
+            body = b"y" * (i * 300)
+            assert static.post("/files/x", content=body).status_code == 405
+            assert api.post("/files/a/%2e%2e/b", content=body).status_code == 400
+            assert api.post("/jobs/nope/log", content=body).status_code == 405
+        assert api.get("/info").status_code == 200
