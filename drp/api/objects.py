@@ -179,7 +179,7 @@ async def delete_object(kind: str, key: str):
         if kind == "users" and key == request_user_name:
             raise ApiError(409, "you cannot delete the user you are logged in as",
                            model=kind, key=key)
-        tx.record(kind, key, "delete")
+        tx.record(kind, key, "delete", current)  # events carry what was deleted
         return current
     request_user_name = request.user.get("Name")
     gone = await _store().write(delete)
