@@ -11,12 +11,10 @@ script that records its calls.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -115,7 +113,8 @@ def test_signals_move_the_vip(cluster):
     assert (info["id"], info["ha_is_active"]) == ("n2", True)
     assert c.api("POST", "/params", json={"Name": "after-signals", "Schema": {}}).status_code == 201
     n1.wait_log(REALTIME)  # the old active follows the new one
-    assert "after-signals" in names(n1.http.request("GET", "/params"))
+    wait_for(lambda: "after-signals" in names(n1.http.request("GET", "/params")), 10,
+             "n1 to have the write made on n2")
     assert n1.ha_state() == {"Passive": True} and n2.ha_state() == {"Passive": False}
     assert "drp_ha_role_active 1.0" in n2.metrics()
     assert "drp_ha_role_active 0.0" in n1.metrics()

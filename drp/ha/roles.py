@@ -143,10 +143,7 @@ async def handover(node, hold=None) -> None:
         with trio.move_on_after(HOLD_TIMEOUT):
             await hold.sent.wait()
     if hub is not None:
-        # End the sessions while the VIP still routes to us, so the passives see a clean
-        # close now instead of a silent connection once the address is gone.
         _close_hub(node, hub)
-        await hub.wait_sessions_closed()
     await _drop_vip(node)
     if hub is not None:
         hub.vip_held = False

@@ -75,12 +75,6 @@ class Hub:
             scope.cancel()
         self._wake()
 
-    async def wait_sessions_closed(self, timeout: float = 0.5) -> None:
-        """After close(): give the sessions a moment to send their close frames."""
-        with trio.move_on_after(timeout):
-            while self._sessions:
-                await trio.sleep(0.01)
-
     async def end_sessions(self, announce_timeout: float = 1.0,
                            close_timeout: float = 0.5) -> None:
         """Handover, before the VIP goes: let every streaming session send its passive the
