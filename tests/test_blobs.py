@@ -387,3 +387,19 @@ def test_drpcli_job_logs(drp, tmp_path):
     (tmp_path / "part").write_text("from a file\n")
     drp.drpcli("jobs", "log-append", job, str(tmp_path / "part"))
     assert drp.drpcli("jobs", "log", job).stdout == "from stdin\nfrom a file\n"
+
+
+def test_deleting_a_job_deletes_its_log(drp):
+    with drp.client() as c:
+        machine = c.post("/machines", json={"Name": "jl"}).json()["Uuid"]
+        job = c.post("/jobs", json={"Machine": machine}).json()["Uuid"]
+        c.put(f"/jobs/{job}/log", content=b"hello\n").raise_for_status()
+        log = drp.base_root / "job-logs" / job
+        assert log.read_bytes() == b"hello\n"
+        assert c.delete(f"/jobs/{job}").status_code == 200
+        assert not log.exists()
+        assert c.get(f"/jobs/{job}/log").status_code == 404
+    import sqlite3
+    db = sqlite3.connect(drp.base_root / "drp.db")
+    rows = db.execute("SELECT kind, key, action FROM changes ORDER BY seq DESC LIMIT 2").fetchall()
+    assert rows == [("blob", f"job-logs/{job}", "delete"), ("jobs", job, "delete")]

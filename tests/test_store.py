@@ -353,3 +353,76 @@ async def test_reopen_keeps_position(tmp_path):
             [(1, 3), (2, 3), (3, 3)]
     finally:
         s.close()
+
+
+async def test_group_commit_isolates_a_failing_write(store, monkeypatch):
+    """Writes queued together commit as one group; one that fails is rolled back alone and
+    leaves no gap in the change log."""
+    groups = []
+    run_group = store._run_group
+
+    def spy(group):
+        groups.append(len(group))
+        return run_group(group)
+    monkeypatch.setattr(store, "_run_group", spy)
+    outcomes = {}
+
+    async def writer(i):
+        def fn(tx):
+            tx.record("profiles", f"g{i}", "create", {"Name": f"g{i}"})
+            if i == 5:
+                raise ApiError(409, "refused")
+            return i
+        try:
+            outcomes[i] = await store.write(fn)
+        except ApiError as e:
+            outcomes[i] = e.code
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(writer, i)
+    assert outcomes == {i: 409 if i == 5 else i for i in range(10)}
+    assert max(groups) > 1  # some writes did share a transaction
+    entries = await store.entries_after(0)
+    assert [e["seq"] for e in entries] == list(range(1, 11))
+    assert sorted(e["key"] for e in entries[1:]) == sorted(f"g{i}" for i in range(10) if i != 5)
+    assert await store.get("profiles", "g5") is None
+    assert store.head == 10
+
+
+async def test_cancelled_queued_write_never_happens(store):
+    started = trio.Event()
+
+    def slow(tx):
+        trio.from_thread.run_sync(started.set)
+        import time
+        time.sleep(0.2)
+        tx.record("profiles", "slow", "create", {"Name": "slow"})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.write, slow)
+        await started.wait()
+        with trio.move_on_after(0.05):  # queued behind the slow write, then given up
+            await store.write(put("profiles", "gone", {"Name": "gone"}))
+    assert await store.get("profiles", "slow") is not None
+    assert await store.get("profiles", "gone") is None
+    await store.write(put("profiles", "next", {"Name": "next"}))
+    assert [e["key"] for e in await store.entries_after(0)][-2:] == ["slow", "next"]
+
+
+async def test_versions_move_with_committed_changes(store, tmp_path):
+    before = store.version("users")
+    await store.write(put("profiles", "p", {"Name": "p"}))
+    assert store.version("users") == before
+    await store.write(put("users", "u", {"Name": "u"}))
+    assert store.version("users") != before
+    replica = Store(tmp_path / "v.db")
+    try:
+        v0 = replica.version("users")
+        await replica.apply_replicated(await store.entries_after(0))
+        v1 = replica.version("users")
+        assert v1 != v0
+        snap = tmp_path / "v-snap.db"
+        await store.snapshot_into(snap)
+        await replica.install_snapshot(snap)
+        assert replica.version("users") != v1
+    finally:
+        replica.close()

@@ -27,12 +27,27 @@ class Authenticator:
         # scrypt costs ~50 ms: remember good (user, password, stored hash) triples, so a
         # changed password or a replaced user misses the cache.
         self._good_basic: set[str] = set()
+        # Users and the token secret, read once per change of their kind instead of twice per
+        # request (each read is a worker-thread hop): (kind, key) -> (store version, object).
+        self._objects: dict[tuple[str, str], tuple[tuple[int, int], dict | None]] = {}
+
+    async def _get(self, kind: str, key: str) -> dict | None:
+        version = self.store.version(kind)
+        hit = self._objects.get((kind, key))
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        obj = await self.store.get(kind, key)
+        if self.store.version(kind) == version:  # nothing of that kind committed meanwhile
+            if len(self._objects) > 10_000:  # unknown names in forged tokens: stay bounded
+                self._objects.clear()
+            self._objects[(kind, key)] = (version, obj)
+        return obj
 
     async def user(self, name: str) -> dict | None:
-        return await self.store.get("users", name)
+        return await self._get("users", name)
 
     async def secret(self) -> str:
-        obj = await self.store.get("secrets", "token")
+        obj = await self._get("secrets", "token")
         if obj is None:
             raise _unauthorized("this node holds no users yet (a passive that has not caught up)")
         return obj["Secret"]

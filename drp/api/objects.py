@@ -10,6 +10,8 @@ from quart import Blueprint, current_app, request
 
 from drp import auth, models
 from drp.api.app import json_response
+from drp.blob import storage
+from drp.blob.gate import gate_for
 from drp.errors import ApiError
 
 bp = Blueprint("objects", __name__, url_prefix="/api/v3")
@@ -167,6 +169,14 @@ async def patch_object(kind: str, key: str):
     return json_response(models.public(kind, new))
 
 
+def _delete_job_log(tx, base_root, uuid: str) -> None:
+    """A job's log goes with the job (file first, then its row, like any blob delete)."""
+    path = storage.blob_path("job-logs", uuid)
+    if tx.query("SELECT 1 FROM blobs WHERE path=?", (path,)):
+        storage.remove(storage.disk_path(base_root, path))
+        tx.record("blob", path, "delete")
+
+
 @bp.delete("/<kind>/<key>")
 async def delete_object(kind: str, key: str):
     k = models.kind_or_404(kind)
@@ -180,7 +190,12 @@ async def delete_object(kind: str, key: str):
             raise ApiError(409, "you cannot delete the user you are logged in as",
                            model=kind, key=key)
         tx.record(kind, key, "delete", current)  # events carry what was deleted
+        if kind == "jobs":
+            _delete_job_log(tx, base_root, key)
         return current
     request_user_name = request.user.get("Name")
-    gone = await _store().write(delete)
+    base_root = current_app.node.cfg.base_root
+    log_path = storage.blob_path("job-logs", key) if kind == "jobs" else None
+    gone = await _store().write(
+        delete, during=gate_for(_store()).writing(log_path) if log_path else None)
     return json_response(models.public(kind, gone))

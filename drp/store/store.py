@@ -1,8 +1,10 @@
 """The store: one SQLite database under the base root, one writer, a change log under everything.
 
-Every mutation runs in the writer (a CapacityLimiter(1) around a worker thread, so the order of
-commits is decided by the writer, never by the scheduler) inside one transaction that also
-appends its change-log entries. Reads use per-thread connections in worker threads, so the event
+Every mutation runs in the writer (a CapacityLimiter(1) around a worker thread; writes queue in
+call order and the writer takes them in that order, so the order of commits is decided by the
+writer, never by the scheduler) inside a transaction that also appends its change-log entries.
+Writes that queued up meanwhile are committed together (group commit: one fsync), each in its
+own savepoint. Reads use per-thread connections in worker threads, so the event
 loop never blocks on SQLite.
 """
 from __future__ import annotations
@@ -12,8 +14,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
+from contextlib import ExitStack
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Any, Callable, ContextManager
 
 import trio
@@ -25,6 +28,7 @@ from drp.store.apply import apply_change, row_entry
 log = logging.getLogger("drp.store")
 
 CommitHook = Callable[[int], Any]  # async fn(last_seq): e.g. wait for synchronous replicas
+MAX_GROUP = 128  # writes committed together at most (group commit)
 
 
 class Tx:
@@ -57,12 +61,23 @@ class Tx:
         return change
 
 
+class _Job:
+    """One queued write: its mutation and, once a writer ran it, its outcome."""
+    __slots__ = ("fn", "internal", "during", "result", "error", "changes", "taken", "done")
+
+    def __init__(self, fn, internal: bool, during):
+        self.fn, self.internal, self.during = fn, internal, during
+        self.result, self.error, self.changes = None, None, []
+        self.taken = self.done = False
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._writer_conn = schema.connect(self.path)
         schema.create(self._writer_conn)
         self._writer = trio.CapacityLimiter(1)
+        self._queue: deque[_Job] = deque()  # writes waiting for the writer, in call order
         self._local_conn = schema.connect(self.path)
         self._local_lock = threading.Lock()
         self._per_thread = threading.local()
@@ -76,6 +91,10 @@ class Store:
         self.listeners: list[Callable[[list[dict]], None]] = []
         self.writes_since_trim = 0
         self.retention = 100_000
+        # Bumped (on the event loop) once committed changes of a kind are visible; readers
+        # that cache objects (the authenticator: users, the token secret) compare versions.
+        self._kind_versions: dict[str, int] = {}
+        self._all_version = 0
 
     # ---- position -------------------------------------------------------------------------
     @staticmethod
@@ -90,6 +109,17 @@ class Store:
         if moved:
             self._head_changed.set()
             self._head_changed = trio.Event()
+
+    def version(self, kind: str) -> tuple[int, int]:
+        """Changes whenever committed data of `kind` may have changed."""
+        return self._all_version, self._kind_versions.get(kind, 0)
+
+    def _bump_versions(self, changes: list[dict]) -> None:
+        for change in changes:
+            kind = change["kind"]
+            if kind == "contents":  # a bundle replaces objects of any kind
+                self._all_version += 1
+            self._kind_versions[kind] = self._kind_versions.get(kind, 0) + 1
 
     async def wait_head_beyond(self, seq: int) -> None:
         while self.head <= seq:
@@ -176,43 +206,105 @@ class Store:
     # ---- writes ---------------------------------------------------------------------------
     async def write(self, fn: Callable[[Tx], Any], *, internal: bool = False,
                     during: ContextManager | None = None) -> Any:
-        """Run fn(tx) in one transaction in the writer; returns fn's result after the change
-        is durable here and, when HA is active, acknowledged by every In-Sync passive.
+        """Run fn(tx) in the writer; returns fn's result after the change is durable here and,
+        when HA is active, acknowledged by every In-Sync passive.
         `during` is entered around the transaction only, not the wait for the passives (a
-        passive fetching a blob must not wait for the upload that waits for that passive)."""
+        passive fetching a blob must not wait for the upload that waits for that passive).
+
+        Group commit: writes queue up in call order; whoever gets the writer next commits
+        every queued write in ONE transaction (one fsync, one worker-thread hop), each inside
+        its own SAVEPOINT, so a write that fails is rolled back alone and takes no seq."""
         if self.refuse_writes and not internal:
             raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
-        async with self._writer:
-            if self.refuse_writes and not internal:  # the role may have changed while queued
-                raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
-            with during or nullcontext():
-                result, changes = await trio.to_thread.run_sync(self._run_tx, fn)
+        job = _Job(fn, internal, during)
+        self._queue.append(job)
+        try:
+            async with self._writer:
+                while not job.done:  # FIFO: our job is in the next group, or the one after
+                    await self._commit_queued()
+        except BaseException:
+            if not job.taken:  # cancelled before any writer took it: it never happens
+                self._queue.remove(job)
+            raise
+        if job.error is not None:
+            raise job.error
+        if job.changes:
+            for hook in list(self.commit_hooks):
+                await hook(job.changes[-1]["seq"])
+        return job.result
+
+    async def _commit_queued(self) -> None:
+        """Commit the queued writes (up to MAX_GROUP) as one group; holds the writer."""
+        group: list[_Job] = []
+        while self._queue and len(group) < MAX_GROUP:
+            job = self._queue.popleft()
+            job.taken = True
+            if self.refuse_writes and not job.internal:  # the role changed while it queued
+                job.error = ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
+                job.done = True
+                continue
+            group.append(job)
+        if not group:
+            return
+        changes: list[dict] = []
+        try:
+            with ExitStack() as stack:
+                for job in group:
+                    if job.during is not None:
+                        stack.enter_context(job.during)
+                changes = await trio.to_thread.run_sync(self._run_group, group)
                 if changes:
+                    self._bump_versions(changes)
                     self._set_position(changes[-1]["seq"], self.epoch_after(changes))
                     self.writes_since_trim += len(changes)
+        except BaseException as e:
+            for job in group:
+                if job.error is None and not job.changes:
+                    job.error = e
+            raise
+        finally:
+            for job in group:
+                job.done = True
         if changes:
             self._notify(changes)
-            for hook in list(self.commit_hooks):
-                await hook(changes[-1]["seq"])
-        return result
 
     def epoch_after(self, changes: list[dict]) -> int:
         promotes = [c["body"]["epoch"] for c in changes if c["kind"] == "ha"]
         return max([self.epoch, *promotes])
 
-    def _run_tx(self, fn):
+    def _run_group(self, group: list["_Job"]) -> list[dict]:
+        """In the worker thread: one transaction, one savepoint per job; returns the
+        committed changes in order (each job's result/error/changes are filled in)."""
         conn = self._writer_conn
         conn.execute("BEGIN IMMEDIATE")
         tx = Tx(conn, self.head, self.epoch)
         try:
-            result = fn(tx)
-            if self.writes_since_trim >= 1000:
+            for job in group:
+                head, epoch, mark = tx.head, tx.epoch, len(tx.changes)
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(tx)
+                except Exception as e:  # this job alone fails: undo it, seqs included
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    tx.head, tx.epoch = head, epoch
+                    del tx.changes[mark:]
+                    job.error = e
+                    continue
+                conn.execute("RELEASE job")
+                job.changes = tx.changes[mark:]
+            if self.writes_since_trim >= 1000 and tx.changes:
                 self._trim(conn, tx.head)
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:  # the commit itself failed: nothing of the group holds
             conn.execute("ROLLBACK")
-            raise
-        return result, tx.changes
+            for job in group:
+                if job.error is None:
+                    job.error, job.result, job.changes = e, None, []
+            if not isinstance(e, Exception):
+                raise
+            return []
+        return tx.changes
 
     def _trim(self, conn, head: int) -> None:
         conn.execute("DELETE FROM changes WHERE seq <= ?", (head - self.retention,))
@@ -237,6 +329,7 @@ class Store:
                 # Entries before a failing one are committed: the position must say so, or
                 # the next write would reuse their seqs.
                 if applied:
+                    self._bump_versions(applied)
                     self._set_position(applied[-1]["seq"], self.epoch_after(applied))
         self._notify(applied)
 
@@ -295,7 +388,10 @@ class Store:
                 conn.execute("DETACH DATABASE snap")
             return self._read_position(conn)
         async with self._writer:
-            head, epoch = await trio.to_thread.run_sync(run)
+            try:
+                head, epoch = await trio.to_thread.run_sync(run)
+            finally:
+                self._all_version += 1
             self._set_position(head, epoch)
 
     def close(self) -> None:
