@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import trio
 
+from drp.metrics import CATCHUP_BYTES
+
 log = logging.getLogger("drp.ha.transfer")
 CHUNK = 1 << 20
 
@@ -129,6 +131,7 @@ class Fetcher:
                 async for chunk in resp.aiter_bytes(CHUNK):
                     hasher.update(chunk)
                     await f.write(chunk)
+                    CATCHUP_BYTES.inc(len(chunk))
                     if progress:
                         progress.bytes_done += len(chunk)
                 await f.flush()
