@@ -208,28 +208,30 @@ def _contents_update(client, args):
                           headers={"Content-Type": ctype}).json()
 
 
-@command("contents", "list")
-def _contents_list(client, args):
-    return client.json("GET", "/contents")
+def _named_verbs(kind: str, model: str, path: str) -> None:
+    """list / show / exists / destroy for a kind whose objects are named in the URL."""
+    @command(kind, "list")
+    def _list(client, args):
+        return client.json("GET", path)
+
+    @command(kind, "show")
+    def _show(client, args):
+        _need(args, 1, f"{kind} show NAME")
+        return client.json("GET", f"{path}/{args[0]}")
+
+    @command(kind, "exists")
+    def _exists(client, args):
+        _need(args, 1, f"{kind} exists NAME")
+        client.request("HEAD", f"{path}/{args[0]}")
+
+    @command(kind, "destroy")
+    def _destroy(client, args):
+        _need(args, 1, f"{kind} destroy NAME")
+        client.json("DELETE", f"{path}/{args[0]}")
+        return f"Deleted {model} {args[0]}"
 
 
-@command("contents", "show")
-def _contents_show(client, args):
-    _need(args, 1, "contents show NAME")
-    return client.json("GET", f"/contents/{args[0]}")
-
-
-@command("contents", "exists")
-def _contents_exists(client, args):
-    _need(args, 1, "contents exists NAME")
-    client.request("HEAD", f"/contents/{args[0]}")
-
-
-@command("contents", "destroy")
-def _contents_destroy(client, args):
-    _need(args, 1, "contents destroy NAME")
-    client.json("DELETE", f"/contents/{args[0]}")
-    return f"Deleted content {args[0]}"
+_named_verbs("contents", "content", "/contents")
 
 
 # ---- plugin providers ------------------------------------------------------------------------
@@ -248,25 +250,4 @@ def _provider_download(client, args):
     download(client, f"/plugin_providers/{args[0]}/binary", _keyword(args, "to", args[0], usage))
 
 
-@command("plugin_providers", "list")
-def _provider_list(client, args):
-    return client.json("GET", "/plugin_providers")
-
-
-@command("plugin_providers", "show")
-def _provider_show(client, args):
-    _need(args, 1, "plugin_providers show NAME")
-    return client.json("GET", f"/plugin_providers/{args[0]}")
-
-
-@command("plugin_providers", "exists")
-def _provider_exists(client, args):
-    _need(args, 1, "plugin_providers exists NAME")
-    client.request("HEAD", f"/plugin_providers/{args[0]}")
-
-
-@command("plugin_providers", "destroy")
-def _provider_destroy(client, args):
-    _need(args, 1, "plugin_providers destroy NAME")
-    client.json("DELETE", f"/plugin_providers/{args[0]}")
-    return f"Deleted plugin_provider {args[0]}"
+_named_verbs("plugin_providers", "plugin_provider", "/plugin_providers")
