@@ -70,11 +70,15 @@ class DrpServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dr-provision exited {self.proc.returncode}:\n{self.logs()}")
             try:
-                httpx.get(self.url + "/api/v3/info", verify=False, timeout=1)
+                self.ping()
                 return
             except httpx.HTTPError:
                 time.sleep(0.05)
         raise RuntimeError(f"dr-provision not ready after {timeout}s:\n{self.logs()}")
+
+    def ping(self) -> None:
+        """One quick request to the API; raises httpx.HTTPError while the server does not answer."""
+        httpx.get(self.url + "/api/v3/info", verify=False, timeout=1)
 
     def logs(self) -> str:
         try:
