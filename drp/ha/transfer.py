@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
+import httpx
 import trio
 
 from drp.blob.storage import fsync_dir
-from drp.ha.bulkhttp import Client, Response
 from drp.metrics import CATCHUP_BYTES
 
 log = logging.getLogger("drp.ha.transfer")
@@ -49,11 +48,6 @@ class Progress:
         self.objects_total = self.objects_done = 0
         self.started = time.monotonic()
         self.phase = "catching up"
-        self._lock = threading.Lock()  # fetch threads add to bytes_done
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.bytes_done += n
 
     def line(self) -> tuple[str, str]:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -78,17 +72,17 @@ class Progress:
 
 
 class Fetcher:
-    """Authenticated HTTPS downloads from the active, resumable and sha256-verified. Each
-    download runs in a worker thread (drp.ha.bulkhttp): receive, hash, write, fsync."""
+    """Authenticated HTTPS downloads from the active, resumable and sha256-verified."""
 
     def __init__(self, base_url: str, token: str, partial_dir: Path):
         self.partial_dir = partial_dir
-        self.client = Client(base_url.rstrip("/") + "/",
-                             {"Authorization": f"Bearer {token}"})
-        self._busy: dict[Path, threading.Lock] = {}  # one writer per partial file
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), verify=False,
+                                      headers={"Authorization": f"Bearer {token}"},
+                                      timeout=httpx.Timeout(60, connect=10))
 
     async def aclose(self) -> None:
-        self.client.close()
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await self.http.aclose()
 
     async def fetch(self, url: str, dest: Path, sha256: str, mode: int = 0o644,
                     progress: Progress | None = None) -> tuple[int, str]:
@@ -106,75 +100,51 @@ class Fetcher:
 
     async def _fetch_once(self, url, dest: Path, sha256: str, mode: int,
                           progress: Progress | None) -> tuple[int, str]:
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
         partial = self.partial_dir / (sha256 or hashlib.sha256(url.encode()).hexdigest())
-        lock = self._busy.setdefault(partial, threading.Lock())
-        stop = threading.Event()
-        try:
-            # Abandoned on cancel: the thread sees `stop` within POLL seconds and leaves its
-            # partial file to be resumed; the lock keeps a successor off it until then.
-            return await trio.to_thread.run_sync(
-                self._fetch_blocking, url, dest, partial, lock, sha256, mode, progress, stop,
-                abandon_on_cancel=True)
-        except trio.Cancelled:
-            stop.set()
-            raise
-
-    def _fetch_blocking(self, url: str, dest: Path, partial: Path, lock: threading.Lock,
-                        sha256: str, mode: int, progress: Progress | None,
-                        stop: threading.Event) -> tuple[int, str]:
-        with lock:
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            offset = partial.stat().st_size if partial.exists() else 0
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            resp = self.client.get(url, headers, stop)
-            try:
-                if resp.status == 404:
-                    resp.read_all()
-                    raise Gone(url)
-                if resp.status == 416:  # our partial is longer than the file: start over
-                    resp.read_all()
-                    partial.unlink(missing_ok=True)
-                    raise _Corrupt()
-                if resp.status not in (200, 206):
-                    text = resp.read_all().decode("utf-8", "replace")
-                    raise TransferError(f"GET {url}: {resp.status} {text[:200]}")
-                claimed = resp.headers.get("x-drp-sha256sum", "")
-                if resp.status == 200:
-                    offset = 0
-                hasher = _hash_prefix(partial) if offset else hashlib.sha256()
-                if progress and offset:
-                    progress.add(offset)
-                _receive(resp, partial, offset, hasher, progress, stop)
-            finally:
-                self.client.done(resp)
-            got = hasher.hexdigest()
-            want = claimed or sha256  # job logs carry no sha256: TLS alone vouches for them
-            if want and got != want:
+        offset = partial.stat().st_size if partial.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        async with self.http.stream("GET", url, headers=headers) as resp:
+            if resp.status_code == 404:
+                raise Gone(url)
+            if resp.status_code == 416:  # our partial is longer than the file: start over
                 partial.unlink(missing_ok=True)
                 raise _Corrupt()
-            size = partial.stat().st_size
+            if resp.status_code not in (200, 206):
+                await resp.aread()
+                raise TransferError(f"GET {url}: {resp.status_code} {resp.text[:200]}")
+            claimed = resp.headers.get("X-DRP-SHA256SUM", "")
+            if resp.status_code == 200:
+                offset = 0
+            hasher = await trio.to_thread.run_sync(_hash_prefix, partial) if offset else hashlib.sha256()
+            if progress and offset:
+                progress.bytes_done += offset
+            f = await trio.open_file(partial, "ab" if offset else "wb")
+            try:
+                async for chunk in resp.aiter_bytes(CHUNK):
+                    hasher.update(chunk)
+                    await f.write(chunk)
+                    CATCHUP_BYTES.inc(len(chunk))
+                    if progress:
+                        progress.bytes_done += len(chunk)
+                await f.flush()
+                await trio.to_thread.run_sync(os.fsync, f.wrapped.fileno())
+            finally:
+                await f.aclose()
+        got = hasher.hexdigest()
+        want = claimed or sha256  # job logs carry no sha256: TLS alone vouches for them
+        if want and got != want:
+            partial.unlink(missing_ok=True)
+            raise _Corrupt()
+        size = partial.stat().st_size
+
+        def install():
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(partial, mode)
             os.replace(partial, dest)
             fsync_dir(dest.parent)
-            return size, got
-
-
-def _receive(resp: Response, partial: Path, offset: int, hasher, progress: Progress | None,
-             stop: threading.Event) -> None:
-    """The response body appended to (or, from offset 0, written as) the partial file."""
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(partial, "ab" if offset else "wb") as f:
-        while n := resp.read_into(view, stop):
-            piece = view[:n]
-            hasher.update(piece)
-            f.write(piece)
-            CATCHUP_BYTES.inc(n)
-            if progress:
-                progress.add(n)
-        f.flush()
-        os.fsync(f.fileno())
+        await trio.to_thread.run_sync(install)
+        return size, got
 
 
 class _Corrupt(Exception):
