@@ -12,10 +12,8 @@ import random
 import signal
 import threading
 import time
-import uuid
 
 import httpx
-import pytest
 
 from tests.hacluster import Cluster, data_digest, info, make_token
 from tests.vipproxy import VipProxy

@@ -5,13 +5,9 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
-import uuid
 
-import httpx
 import pytest
 
 from tests.drpserver import DrpServer
@@ -86,7 +82,7 @@ def test_catchup_of_everything_then_realtime(cluster):
     assert b.logs().count(REALTIME) == 1
     # the passive serves reads from its replica, with the replicated users
     with http(b, cluster.token) as c:
-        assert c.get(f"/files/pre/dir/f1.bin").content == made["files"]["pre/dir/f1.bin"]
+        assert c.get("/files/pre/dir/f1.bin").content == made["files"]["pre/dir/f1.bin"]
         assert c.get(f"/jobs/{made['job']}/log").text.count("pre line") == 5
         assert c.get("/tasks/pre-task").json()["ReadOnly"] is True
         refused = c.post("/machines", json={"Name": "nope"})
