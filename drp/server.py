@@ -124,12 +124,8 @@ class Server:
 
     def _extra_services(self, node):
         """Services other modules add: each an async fn(task_status=...) started in order."""
-        services = []
-        try:
-            from drp.blob.static import static_service
-            services.append(static_service(node, self.stop))
-        except ImportError:
-            pass
+        from drp.blob.static import static_service
+        services = [static_service(node, self.stop)]
         if node.cfg.metrics_port:
             from drp.metrics import metrics_service
             services.append(metrics_service(node, self.stop))
