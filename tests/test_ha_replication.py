@@ -124,6 +124,28 @@ def test_full_catchup_behind_retention_and_resume(cluster):
     assert_same_data(a, b)
 
 
+def test_stream_resume_drops_files_a_crash_left_uncommitted(cluster):
+    """Bytes land before their row commits; a node killed in between keeps bytes no log entry
+    mentions. A passive resuming the stream drops them, as a full catch-up would."""
+    a = cluster.node("a", passive=False)
+    b = cluster.node("b", passive=True)
+    b.wait_log(REALTIME)
+    with http(a, cluster.token) as c:
+        c.post("/files/keep.bin", content=b"kept").raise_for_status()
+        job = c.post("/jobs", json={"Machine": c.post("/machines", json={"Name": "m"}).json()["Uuid"]})
+        uuid = job.json()["Uuid"]
+        c.put(f"/jobs/{uuid}/log", content=b"line 1\n").raise_for_status()
+    wait_in_sync(a, cluster.token, 1)
+    b.kill()
+    (b.base_root / "tftpboot" / "files" / "stray.bin").write_bytes(b"never committed")
+    with open(b.base_root / "job-logs" / uuid, "ab") as f:
+        f.write(b"torn append\n")
+    cluster.start(b)
+    b.wait_log("removed 1 blob files and cut 1 job logs")
+    b.wait_log(REALTIME)
+    assert_same_data(a, b)
+
+
 def test_acknowledged_writes_are_on_passives_at_once(cluster):
     a = cluster.node("a", passive=False)
     b = cluster.node("b", passive=True)

@@ -670,3 +670,11 @@ def test_joining_passive_that_stalls_is_dropped():
     t.head_advanced(4, 0.0)
     assert t.expire(10.0, 5.0) == ["b"]
     assert t.must_wait_for(4) == set()
+
+
+def test_encode_entries_matches_encode():
+    items = [entry(1), entry(2, body={"Name": "x", "Params": {"a": [1, None]}}),
+             entry(3, kind="joblog", data="AGFi")]
+    frame = p.encode_entries([json.dumps(i) for i in items], 7)
+    assert json.loads(frame) == json.loads(encode(Entries(items, 7)))
+    assert decode(frame) == Entries(items, 7)

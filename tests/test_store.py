@@ -426,3 +426,59 @@ async def test_versions_move_with_committed_changes(store, tmp_path):
         assert replica.version("users") != v1
     finally:
         replica.close()
+
+
+async def test_wire_text_is_the_entry_as_json(store):
+    """What the sender puts on the wire, from memory or from the database, decodes to the
+    entry the database holds (job-log bytes in base64)."""
+    import base64
+    await store.write(put("profiles", "p\"x", {"Name": "p\"x", "Params": {"ü": [1, 2.5]}}))
+    await store.write(lambda tx: tx.record("joblog", "job-logs/j", "append",
+                                           {"offset": 0, "length": 3}, data=b"\x00ab"))
+    from_memory = await store.wire_after(0)
+    store.recent.clear()
+    from_db = await store.wire_after(0)
+    assert from_memory == from_db
+    want = await store.entries_after(0)
+    for entry in want:
+        if "data" in entry:
+            entry["data"] = base64.b64encode(entry["data"]).decode()
+    assert [json.loads(text) for _, text in from_db] == want
+    assert [seq for seq, _ in from_db] == [e["seq"] for e in want]
+    assert await store.wire_after(store.head) == []
+    assert [s for s, _ in await store.wire_after(1, limit=1)] == [2]
+
+
+async def test_object_cache_follows_every_commit(store, tmp_path):
+    await store.write(put("profiles", "c", {"Name": "c", "Description": "1"}))
+    assert await store.get("profiles", "c") == {"Name": "c", "Description": "1"}
+    assert store.cache.get("profiles", "c") is not None  # served from memory next time
+    await store.write(put("profiles", "c", {"Name": "c", "Description": "2"}, "update"))
+    assert await store.get("profiles", "c") == {"Name": "c", "Description": "2"}
+    await store.write(lambda tx: tx.record("profiles", "c", "delete"))
+    assert await store.get("profiles", "c") is None
+    # a replica: applied entries and an installed snapshot replace what it cached
+    await store.write(put("profiles", "r", {"Name": "r", "Description": "1"}))
+    replica = Store(tmp_path / "cache-replica.db")
+    try:
+        await replica.apply_replicated(await store.entries_after(0))
+        assert (await replica.get("profiles", "r"))["Description"] == "1"
+        await store.write(put("profiles", "r", {"Name": "r", "Description": "2"}, "update"))
+        await replica.apply_replicated(await store.entries_after(replica.head))
+        assert (await replica.get("profiles", "r"))["Description"] == "2"
+        await store.write(put("profiles", "r", {"Name": "r", "Description": "3"}, "update"))
+        snap = tmp_path / "cache-snap.db"
+        await store.snapshot_into(snap)
+        await replica.install_snapshot(snap)
+        assert (await replica.get("profiles", "r"))["Description"] == "3"
+    finally:
+        replica.close()
+
+
+async def test_object_cache_skips_reads_that_overlap_a_commit(store):
+    await store.write(put("profiles", "o", {"Name": "o", "Description": "old"}))
+    generation = store.cache.generation
+    await store.write(put("profiles", "o", {"Name": "o", "Description": "new"}, "update"))
+    store.cache.put("profiles", "o", '{"Name": "o", "Description": "old"}', generation)
+    assert store.cache.get("profiles", "o") is None  # read before the commit: not kept
+    assert (await store.get("profiles", "o"))["Description"] == "new"

@@ -29,11 +29,12 @@ SNIFFER = textwrap.dedent("""
     import scapy.layers.l2 as l2, scapy.sendrecv as sr
     from scapy.config import conf
     conf.verb = 0
-    ip, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    def garp(p):
+    ip, count, timeout, kind = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    sender = ip if kind == "garp" else "0.0.0.0"  # an RFC 5227 probe has no sender address
+    def wanted(p):
         a = p.getlayer(l2.ARP)
-        return a is not None and a.op == 1 and a.psrc == ip and a.pdst == ip
-    pkts = sr.sniff(iface="eth0", lfilter=garp, count=count, timeout=timeout,
+        return a is not None and a.op == 1 and a.psrc == sender and a.pdst == ip
+    pkts = sr.sniff(iface="eth0", lfilter=wanted, count=count, timeout=timeout,
                     started_callback=lambda: print("ready", flush=True))
     print(json.dumps([dict(t=float(p.time), src=p.src, dst=p.dst, hwsrc=p[l2.ARP].hwsrc,
                            hwdst=p[l2.ARP].hwdst, psrc=p[l2.ARP].psrc, pdst=p[l2.ARP].pdst)
@@ -49,8 +50,9 @@ def call(host, expr: str):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def start_sniffer(host, count: int, timeout: float) -> subprocess.Popen:
-    p = host.popen([sys.executable, "-c", SNIFFER, VIP, str(count), str(timeout)],
+def start_sniffer(host, count: int, timeout: float, kind: str = "garp") -> subprocess.Popen:
+    """Capture `count` ARP requests for the VIP: gratuitous ("garp") or probes ("probe")."""
+    p = host.popen([sys.executable, "-c", SNIFFER, VIP, str(count), str(timeout), kind],
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=ENV)
     ready, _, _ = select.select([p.stdout], [], [], 10)
     assert ready and p.stdout.readline().strip() == "ready", p.stderr.read() if p.poll() else "no ready"
@@ -125,6 +127,17 @@ def test_arp_probe(net):
     assert call(n2, f"arp_probe('eth0', {VIP!r})") == n1.mac
     call(n1, f"remove_vip('eth0', {VIP_CIDR!r})")
     assert call(n2, f"arp_probe('eth0', {VIP!r})") is None
+
+
+@requires_root
+def test_arp_probe_sends_two_requests_across_its_window(net):
+    """One lost frame must not make the split-brain guard miss a holder of the VIP."""
+    _, n2, client = net
+    sniffer = start_sniffer(client, count=2, timeout=10, kind="probe")
+    assert call(n2, f"arp_probe('eth0', {VIP!r}, timeout=1.0)") is None
+    pkts = json.loads(sniffer.communicate(timeout=15)[0].strip().splitlines()[-1])
+    assert [p["hwsrc"] for p in pkts] == [n2.mac] * 2
+    assert 0.4 <= pkts[1]["t"] - pkts[0]["t"] <= 0.9  # the second at half the window
 
 
 @requires_root

@@ -145,3 +145,28 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     log.info("catch-up timings: snapshot %d bytes in %.3fs, %d blobs %d bytes in %.3fs, "
              "installed %d objects in %.3fs, total %.3fs", snap.size, snap_s, len(need),
              sum(n[1] for n in need), files_s, objects, done - install_began, done - began)
+
+
+async def remove_orphans(node) -> None:
+    """Before streaming resumes: drop blob files no row accounts for, and job-log bytes past
+    their recorded size, as a full catch-up would. Only a crash leaves them (killed between a
+    file's rename and its transaction's commit, e.g. an upload while this node was active);
+    the active's log never mentions them, so streaming alone would keep them forever."""
+    store, base = node.store, node.cfg.base_root
+    rows = dict(await store.read(lambda c: c.execute("SELECT path, size FROM blobs").fetchall()))
+
+    def run() -> tuple[int, int]:
+        removed = truncated = 0
+        for path in LocalBlobs(node).on_disk():
+            target = storage.disk_path(base, path)
+            if path not in rows:
+                storage.remove(target)
+                removed += 1
+            elif path.startswith("job-logs/") and target.stat().st_size > rows[path]:
+                os.truncate(target, rows[path])
+                truncated += 1
+        return removed, truncated
+    removed, truncated = await trio.to_thread.run_sync(run)
+    if removed or truncated:
+        log.warning("removed %d blob files and cut %d job logs to their recorded size: left "
+                    "by a crash, never committed", removed, truncated)

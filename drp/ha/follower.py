@@ -11,6 +11,7 @@ import hashlib
 import logging
 import ssl
 import time
+from pathlib import Path
 
 import trio
 import trio_websocket
@@ -18,13 +19,14 @@ import trio_websocket
 from drp import __version__
 from drp.blob import storage
 from drp.ha import protocol as p
-from drp.ha.catchup import full_catchup
+from drp.ha.catchup import full_catchup, remove_orphans
 from drp.ha.transfer import Fetcher, Gone, Progress
 from drp.metrics import APPLIED_SEQ, LAG_ENTRIES, LAG_SECONDS
 from drp.node import goarch, goos
 
 log = logging.getLogger("drp.ha.passive")
 REALTIME = "Stream switch to realtime streaming"
+GONE = "gone"  # a blob the active no longer has
 MAX_MESSAGE = 256 << 20
 BACKOFF_MAX = 5.0
 REFUSED_RETRY = 30.0
@@ -61,6 +63,7 @@ class Follower:
     def __init__(self, node):
         self.node = node
         self.welcomed = False  # the current session got a welcome
+        self.reconciled = False  # blob files checked against the rows (see remove_orphans)
         self.streaming = False  # the current session is past catch-up, applying entries
         self._progress = trio.Event()  # set after every message handled while streaming
         self.store = node.store
@@ -159,6 +162,9 @@ class Follower:
             else:
                 log.info("connected to active %s: resuming from seq %d (active head %d)",
                          msg.drp_id, self.store.head + 1, msg.head)
+                if not self.reconciled:  # once per role: only a crash leaves such files
+                    await remove_orphans(self.node)
+                    self.reconciled = True
             self._realtime_check()
             await self._stream(ws)
 
@@ -246,30 +252,51 @@ class Follower:
                 self._status(f"passive: syncing, {self.proto.lag_entries} entries behind")
 
     async def _apply(self, entries: list[dict]) -> None:
-        """Bytes first (blobs fetched, job-log appends written), then the rows."""
+        """Bytes first (blobs, job-log appends), then the rows. Every blob the batch puts is
+        fetched before anything changes on disk: when a fetch fails (the active went away
+        mid-batch, its last entries maybe lost with it), no file is left without its row, nor
+        a file replaced by the bytes of an entry this node never applied."""
         base = self.cfg.base_root
-        for entry in entries:
-            kind, key, body = entry["kind"], entry["key"], entry["body"]
-            if kind == "blob" and entry["action"] == "put":
-                await self._ensure_blob(key, body)
-            elif kind == "blob":
-                await trio.to_thread.run_sync(storage.remove, storage.disk_path(base, key))
-            elif kind == "joblog":
-                target = storage.disk_path(base, key)
-                await trio.to_thread.run_sync(_append, target, body["offset"], entry["data"])
+        staged: dict[int, Path | str | None] = {}  # seq of a blob put -> staged file | GONE
+        touched: set[str] = set()  # blob paths an earlier entry of this batch puts or deletes
+        try:
+            for entry in entries:
+                if entry["kind"] == "blob":
+                    if entry["action"] == "put":
+                        staged[entry["seq"]] = await self._stage_blob(
+                            entry["key"], entry["body"], entry["key"] in touched)
+                    touched.add(entry["key"])
+            for entry in entries:  # on disk, in order
+                kind, key, body = entry["kind"], entry["key"], entry["body"]
+                if kind == "blob":
+                    target = storage.disk_path(base, key)
+                    got = staged.pop(entry["seq"], None) if entry["action"] == "put" else GONE
+                    if got == GONE:  # a delete, or deleted on the active since the put
+                        await trio.to_thread.run_sync(storage.remove, target)
+                    elif got is not None:
+                        await self.fetcher.install(got, target, body.get("mode", 0o644))
+                elif kind == "joblog":
+                    target = storage.disk_path(base, key)
+                    await trio.to_thread.run_sync(_append, target, body["offset"], entry["data"])
+        finally:
+            for left in staged.values():  # a failed batch: nothing of it is put in place
+                if isinstance(left, Path):
+                    left.unlink(missing_ok=True)
         await self.store.apply_replicated(entries)
 
-    async def _ensure_blob(self, path: str, meta: dict) -> None:
-        have = await self.store.blob(path)
-        target = storage.disk_path(self.cfg.base_root, path)
-        if have and have["sha256"] == meta["sha256"] and target.exists() and \
-                target.stat().st_size == meta["size"]:
-            return
+    async def _stage_blob(self, path: str, meta: dict, touched: bool) -> Path | str | None:
+        """The blob's bytes fetched aside (None: we hold them already; GONE: the active no
+        longer has the file, and its delete entry follows)."""
+        if not touched:
+            have = await self.store.blob(path)
+            target = storage.disk_path(self.cfg.base_root, path)
+            if have and have["sha256"] == meta["sha256"] and target.exists() and \
+                    target.stat().st_size == meta["size"]:
+                return None
         try:
-            await self.fetcher.fetch(f"/api/v3/ha/blobs/{path}", target, meta["sha256"],
-                                     meta.get("mode", 0o644))
-        except Gone:  # deleted on the active since; its delete entry follows
-            await trio.to_thread.run_sync(storage.remove, target)
+            return (await self.fetcher.stage(f"/api/v3/ha/blobs/{path}", meta["sha256"]))[2]
+        except Gone:
+            return GONE
 
 
 def _append(target, offset: int, data: bytes) -> None:

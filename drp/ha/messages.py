@@ -237,6 +237,13 @@ def decode(text: str | bytes) -> Message:
     return msg
 
 
+def encode_entries(items: list[str], head: int) -> str:
+    """An Entries frame from entries already in wire form (JSON text each, as the store keeps
+    them): what encode(Entries([json.loads(i) for i in items], head)) makes, without decoding
+    and re-encoding every object."""
+    return f'{{"type":"entries","items":[{",".join(items)}],"head":{int(head)}}}'
+
+
 def encode(msg: Message) -> str:
     """A message → one websocket text frame."""
     out: dict[str, Any] = {"type": msg.type}

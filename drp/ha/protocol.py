@@ -39,6 +39,7 @@ from drp.ha.messages import (  # noqa: F401  (re-exported: drivers use protocol.
     check_entry,
     decode,
     encode,
+    encode_entries,
 )
 
 # --- handshake --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ write at or below it (group commit).
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import time
@@ -28,16 +27,6 @@ BATCH_BYTES = 4 << 20  # keep frames well under the passive's message limit
 HEARTBEAT = 1.0
 CLOSE_GRACE = 0.05  # after ending the sessions at a handover, before the VIP goes
 HELLO_TIMEOUT = 10.0
-
-
-def to_wire(entry: dict) -> dict:
-    if entry.get("data") is None:
-        return {k: v for k, v in entry.items() if k != "data"}
-    return {**entry, "data": base64.b64encode(entry["data"]).decode()}
-
-
-def _entry_size(entry: dict) -> int:
-    return len(str(entry.get("body"))) + len(entry.get("data") or b"") + 100
 
 
 def _sha256_file(path: Path) -> str:
@@ -98,6 +87,7 @@ class Hub:
         self.final_head = self.store.head
         self._sync_head()
         self._handover_started.set()
+        self.store.wake_head_waiters()  # senders waiting for entries: send Handover now
 
     # ---- sync gate ------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -243,19 +233,16 @@ class Hub:
             self._wake()
 
     async def _wait_head_or_handover(self, pos: int, announced: bool) -> None:
-        async with trio.open_nursery() as nursery:
-            async def first(fn, *args):
-                await fn(*args)
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(first, self.store.wait_head_beyond, pos)
-            if not announced:
-                nursery.start_soon(first, self._handover_started.wait)
+        # One wait, no nursery (this is on the path of every synchronous write):
+        # begin_handover wakes the store's head waiters too.
+        while self.store.head <= pos and (announced or not self.handing_over):
+            await self.store.wait_head_moved()
 
     async def _send_entries(self, ws, pid: str, start: int) -> None:
         pos = start - 1
         announced = False
         while True:
-            entries = await self.store.entries_after(pos, BATCH_ENTRIES)
+            entries = await self.store.wire_after(pos, BATCH_ENTRIES)  # [(seq, json text)]
             if not entries:
                 if self.handing_over and not announced and pos >= self.final_head:
                     await ws.send(p.encode(p.Handover(self.final_head)))
@@ -267,18 +254,17 @@ class Hub:
                 if idle.cancelled_caught:
                     await ws.send(p.encode(p.Heartbeat(self.store.head, time.time())))
                 continue
-            if entries[0]["seq"] != pos + 1:
+            if entries[0][0] != pos + 1:
                 raise p.ProtocolError(f"passive {pid} needs seq {pos + 1}, which the log no "
                                       "longer holds (--ha-log-retention); it will reconnect "
                                       "for a full catch-up")
             batch, size = [], 0
-            for entry in entries:
-                size += _entry_size(entry)
+            for seq, text in entries:
+                size += len(text)
                 if batch and size > BATCH_BYTES:
                     break
-                batch.append(to_wire(entry))
-            self._sync_head()
-            pos = batch[-1]["seq"]
+                batch.append(text)
+                pos = seq
             self._sync_head(at_least=pos)
-            await ws.send(p.encode(p.Entries(batch, self.tracker.head)))
+            await ws.send(p.encode_entries(batch, self.tracker.head))
             self.tracker.on_sent(pid, pos, time.monotonic())

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,9 @@ from drp.metrics import CATCHUP_BYTES
 
 log = logging.getLogger("drp.ha.transfer")
 CHUNK = 1 << 20
+# A download silent this long is given up (and resumed by the next attempt). It also bounds how
+# long the thread of a cancelled fetch can keep its partial file when the active went silent.
+READ_TIMEOUT = 15.0
 
 
 class TransferError(Exception):
@@ -48,6 +53,11 @@ class Progress:
         self.objects_total = self.objects_done = 0
         self.started = time.monotonic()
         self.phase = "catching up"
+        self._lock = threading.Lock()  # fetch threads add to bytes_done
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes_done += n
 
     def line(self) -> tuple[str, str]:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -71,24 +81,63 @@ class Progress:
             self.report(status)
 
 
+_BUSY: dict[Path, threading.Lock] = {}
+_INSTALL = threading.Lock()
+
+
+class Cancelled(Exception):
+    """The caller gave up on this fetch (its trio task was cancelled)."""
+
+
 class Fetcher:
-    """Authenticated HTTPS downloads from the active, resumable and sha256-verified."""
+    """Authenticated HTTPS downloads from the active, resumable and sha256-verified.
+
+    Each download runs in a worker thread with httpx's blocking client: there the TLS records
+    are decrypted by OpenSSL into 64 KiB reads, without the GIL, while on the event loop (trio's
+    SSLStream, h11) every 16 KiB record cost a round of Python and made the passive CPU-bound
+    at a third of what the link carries. Several fetches run at once, on both cores."""
 
     def __init__(self, base_url: str, token: str, partial_dir: Path):
         self.partial_dir = partial_dir
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), verify=False,
-                                      headers={"Authorization": f"Bearer {token}"},
-                                      timeout=httpx.Timeout(60, connect=10))
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), verify=False,
+                                   headers={"Authorization": f"Bearer {token}"},
+                                   timeout=httpx.Timeout(READ_TIMEOUT, connect=10))
+        # Both per process, not per fetcher: a thread given up on by an earlier follower may
+        # still be running. One writer per partial file (the thread of a cancelled fetch
+        # keeps it until it notices); and the lock held around the rename into place, and by
+        # a cancelled fetch while it tells its thread to stop: so a fetch given up on never
+        # installs its file afterwards (over what this node wrote since, e.g. as the active).
+        self._busy = _BUSY
+        self._install = _INSTALL
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(2):
-            await self.http.aclose()
+        # Not closed under a fetch thread given up on (that one finishes or times out alone).
+        if not any(lock.locked() for lock in self._busy.values()):
+            self.client.close()
 
     async def fetch(self, url: str, dest: Path, sha256: str, mode: int = 0o644,
                     progress: Progress | None = None) -> tuple[int, str]:
         """Download url into dest; returns (size, sha256) of what the active sent. The active
         may send a newer version than `sha256` (it changed after the entry that asked for it);
         that is accepted when its own X-DRP-SHA256SUM header vouches for the bytes."""
+        size, got, _ = await self._fetch(url, dest, sha256, mode, progress)
+        return size, got
+
+    async def stage(self, url: str, sha256: str) -> tuple[int, str, Path]:
+        """Like fetch, but leave the verified file under a name of its own in the partial
+        directory: (size, sha256, path); put it in place later with install()."""
+        return await self._fetch(url, None, sha256, 0o644, None)
+
+    async def install(self, staged: Path, dest: Path, mode: int) -> None:
+        def run():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(staged, mode)
+            os.replace(staged, dest)
+            fsync_dir(dest.parent)
+        await trio.to_thread.run_sync(run)
+
+    async def _fetch(self, url: str, dest: Path | None, sha256: str, mode: int,
+                     progress: Progress | None) -> tuple[int, str, Path]:
         for attempt in range(2):
             try:
                 return await self._fetch_once(url, dest, sha256, mode, progress)
@@ -98,53 +147,84 @@ class Fetcher:
                 log.warning("%s: sha256 mismatch after resume; fetching it whole again", url)
         raise AssertionError("unreachable")
 
-    async def _fetch_once(self, url, dest: Path, sha256: str, mode: int,
-                          progress: Progress | None) -> tuple[int, str]:
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
+    async def _fetch_once(self, url, dest: Path | None, sha256: str, mode: int,
+                          progress: Progress | None) -> tuple[int, str, Path]:
         partial = self.partial_dir / (sha256 or hashlib.sha256(url.encode()).hexdigest())
-        offset = partial.stat().st_size if partial.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        async with self.http.stream("GET", url, headers=headers) as resp:
-            if resp.status_code == 404:
-                raise Gone(url)
-            if resp.status_code == 416:  # our partial is longer than the file: start over
+        lock = self._busy.setdefault(partial, threading.Lock())
+        stop = threading.Event()
+        try:
+            # Abandoned on cancel: the thread sees `stop` at its next read (READ_TIMEOUT at
+            # most) and leaves its partial file to be resumed; the lock keeps a successor off
+            # it until then.
+            return await trio.to_thread.run_sync(
+                self._fetch_blocking, url, dest, partial, lock, sha256, mode, progress, stop,
+                abandon_on_cancel=True)
+        except trio.Cancelled:
+            with self._install:  # µs at most: a thread inside holds it for chmod + rename
+                stop.set()
+            raise
+        finally:
+            if not stop.is_set() and lock.acquire(blocking=False):
+                self._busy.pop(partial, None)  # nobody on it: forget the lock
+                lock.release()
+
+    def _fetch_blocking(self, url: str, dest: Path | None, partial: Path, lock: threading.Lock,
+                        sha256: str, mode: int, progress: Progress | None,
+                        stop: threading.Event) -> tuple[int, str, Path]:
+        with lock:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            offset = partial.stat().st_size if partial.exists() else 0
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            with self.client.stream("GET", url, headers=headers) as resp:
+                if resp.status_code == 404:
+                    raise Gone(url)
+                if resp.status_code == 416:  # our partial is longer than the file: start over
+                    partial.unlink(missing_ok=True)
+                    raise _Corrupt()
+                if resp.status_code not in (200, 206):
+                    resp.read()
+                    raise TransferError(f"GET {url}: {resp.status_code} {resp.text[:200]}")
+                claimed = resp.headers.get("X-DRP-SHA256SUM", "")
+                if resp.status_code == 200:
+                    offset = 0
+                hasher = _hash_prefix(partial) if offset else hashlib.sha256()
+                if progress and offset:
+                    progress.add(offset)
+                _receive(resp, partial, offset, hasher, progress, stop)
+            got = hasher.hexdigest()
+            want = claimed or sha256  # job logs carry no sha256: TLS alone vouches for them
+            if want and got != want:
                 partial.unlink(missing_ok=True)
                 raise _Corrupt()
-            if resp.status_code not in (200, 206):
-                await resp.aread()
-                raise TransferError(f"GET {url}: {resp.status_code} {resp.text[:200]}")
-            claimed = resp.headers.get("X-DRP-SHA256SUM", "")
-            if resp.status_code == 200:
-                offset = 0
-            hasher = await trio.to_thread.run_sync(_hash_prefix, partial) if offset else hashlib.sha256()
-            if progress and offset:
-                progress.bytes_done += offset
-            f = await trio.open_file(partial, "ab" if offset else "wb")
-            try:
-                async for chunk in resp.aiter_bytes(CHUNK):
-                    hasher.update(chunk)
-                    await f.write(chunk)
-                    CATCHUP_BYTES.inc(len(chunk))
-                    if progress:
-                        progress.bytes_done += len(chunk)
-                await f.flush()
-                await trio.to_thread.run_sync(os.fsync, f.wrapped.fileno())
-            finally:
-                await f.aclose()
-        got = hasher.hexdigest()
-        want = claimed or sha256  # job logs carry no sha256: TLS alone vouches for them
-        if want and got != want:
-            partial.unlink(missing_ok=True)
-            raise _Corrupt()
-        size = partial.stat().st_size
-
-        def install():
+            size = partial.stat().st_size
+            if dest is None:  # staged: out of the way of a fetch of the same bytes
+                staged = partial.with_name(f"{partial.name}.{uuid.uuid4().hex}.staged")
+                os.replace(partial, staged)
+                return size, got, staged
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(partial, mode)
-            os.replace(partial, dest)
+            with self._install:
+                if stop.is_set():
+                    raise Cancelled()
+                os.chmod(partial, mode)
+                os.replace(partial, dest)
             fsync_dir(dest.parent)
-        await trio.to_thread.run_sync(install)
-        return size, got
+            return size, got, dest
+
+
+def _receive(resp: httpx.Response, partial: Path, offset: int, hasher,
+             progress: Progress | None, stop: threading.Event) -> None:
+    """The response body appended to (or, from offset 0, written as) the partial file."""
+    with open(partial, "ab" if offset else "wb", buffering=CHUNK) as f:
+        for piece in resp.iter_raw():  # as received: up to 64 KiB, no re-chunking copy
+            if stop.is_set():
+                raise Cancelled()
+            hasher.update(piece)
+            f.write(piece)
+            CATCHUP_BYTES.inc(len(piece))
+            if progress:
+                progress.add(len(piece))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class _Corrupt(Exception):

@@ -232,29 +232,34 @@ async def garp_schedule(interface: str, ip: str, *, count: int = 5, interval: fl
             return
 
 
-async def arp_probe(interface: str, ip: str, timeout: float = 0.5) -> str | None:
+async def arp_probe(interface: str, ip: str, timeout: float = 0.5,
+                    probes: int = 2) -> str | None:
     """RFC 5227 probe (who-has `ip`, psrc 0.0.0.0): the MAC of another host that answers, or None.
 
-    Answers from our own MAC are ignored; works without any IPv4 address on `interface`.
+    `probes` requests spread over `timeout` (one lost frame must not hide a holder of the VIP);
+    answers from our own MAC are ignored; works without any IPv4 address on `interface`.
     """
     ip = _ip_only(ip)
     mac = interface_mac(interface)
     frame = await trio.to_thread.run_sync(_arp_frame, mac, "0.0.0.0", ip)
     l2 = _scapy()
     sock = await _arp_socket(interface)
+    started = trio.current_time()
     with sock:
-        try:
-            await sock.send(frame)
-        except OSError as e:
-            raise VipError(_errmsg(f"sending ARP probe for {ip}", interface, e)) from None
-        with trio.move_on_after(timeout):
-            while True:
-                data, addr = await sock.recvfrom(2048)
-                if addr[2] == socket.PACKET_OUTGOING:
-                    continue
-                arp = l2.Ether(data).getlayer(l2.ARP)
-                if arp is None or arp.op != 2 or arp.psrc != ip:
-                    continue
-                if arp.hwsrc.lower() != mac:
-                    return arp.hwsrc.lower()
+        for probe in range(1, probes + 1):
+            try:
+                await sock.send(frame)
+            except OSError as e:
+                raise VipError(_errmsg(f"sending ARP probe for {ip}", interface, e)) from None
+            # Listen until the next probe is due; an answer to any probe counts.
+            with trio.move_on_at(started + timeout * probe / probes):
+                while True:
+                    data, addr = await sock.recvfrom(2048)
+                    if addr[2] == socket.PACKET_OUTGOING:
+                        continue
+                    arp = l2.Ether(data).getlayer(l2.ARP)
+                    if arp is None or arp.op != 2 or arp.psrc != ip:
+                        continue
+                    if arp.hwsrc.lower() != mac:
+                        return arp.hwsrc.lower()
     return None

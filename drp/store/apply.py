@@ -6,6 +6,7 @@ only their metadata is recorded. Every function runs inside the caller's transac
 """
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 
@@ -29,15 +30,28 @@ def row_entry(row) -> dict:
     return entry
 
 
-def apply_change(conn: sqlite3.Connection, change: dict) -> None:
-    """Append `change` to the log and redo its effect, in the caller's transaction."""
-    conn.execute("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?)", entry_row(change))
+def wire_text(row: tuple) -> str:
+    """A change-log row as the JSON text of its replication entry: the object json.dumps
+    would make of row_entry(row) with `data` in base64, without decoding the body first."""
+    seq, epoch, when, kind, key, action, body, data = row
+    text = (f'{{"seq":{seq},"epoch":{epoch},"time":{json.dumps(when)},"kind":{json.dumps(kind)},'
+            f'"key":{json.dumps(key)},"action":{json.dumps(action)},"body":{body or "null"}')
+    if data is not None:
+        text += f',"data":"{base64.b64encode(data).decode()}"'
+    return text + "}"
+
+
+def apply_change(conn: sqlite3.Connection, change: dict) -> tuple:
+    """Append `change` to the log and redo its effect, in the caller's transaction. Returns
+    the change-log row."""
+    row = entry_row(change)
+    conn.execute("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?)", row)
     kind, key, action, body = change["kind"], change["key"], change["action"], change["body"]
     if kind in OBJECT_KINDS:
         if action == "delete":
             conn.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
         else:
-            _put_object(conn, kind, key, body)
+            _put_object(conn, kind, key, body, row[6])
     elif kind == "blob":
         if action == "delete":
             conn.execute("DELETE FROM blobs WHERE path=?", (key,))
@@ -54,11 +68,13 @@ def apply_change(conn: sqlite3.Connection, change: dict) -> None:
                      (body["epoch"], change["seq"], body["drp_id"]))
     else:
         raise ValueError(f"unknown change kind {kind!r}/{action!r} at seq {change['seq']}")
+    return row
 
 
-def _put_object(conn, kind: str, key: str, obj: dict) -> None:
+def _put_object(conn, kind: str, key: str, obj: dict, text: str | None = None) -> None:
     conn.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?)",
-                 (kind, key, json.dumps(obj), obj.get("Bundle") or None))
+                 (kind, key, json.dumps(obj) if text is None else text,
+                  obj.get("Bundle") or None))
 
 
 def _put_blob(conn, path: str, meta: dict, when: float) -> None:

@@ -13,7 +13,6 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,52 +22,14 @@ import trio
 
 from drp.errors import ApiError
 from drp.store import schema
-from drp.store.apply import apply_change, row_entry
+from drp.store.apply import row_entry, wire_text
+from drp.store.cache import ObjectCache
+from drp.store.recent import RecentLog
+from drp.store.tx import MAX_GROUP, Job, Tx, apply_entries, run_group
 
 log = logging.getLogger("drp.store")
 
 CommitHook = Callable[[int], Any]  # async fn(last_seq): e.g. wait for synchronous replicas
-MAX_GROUP = 128  # writes committed together at most (group commit)
-
-
-class Tx:
-    """What a mutation function sees inside the writer's transaction."""
-
-    def __init__(self, conn: sqlite3.Connection, head: int, epoch: int):
-        self.conn = conn
-        self.head = head
-        self.epoch = epoch
-        self.changes: list[dict] = []
-
-    def get(self, kind: str, key: str) -> dict | None:
-        row = self.conn.execute("SELECT body FROM objects WHERE kind=? AND key=?",
-                                (kind, key)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def query(self, sql: str, params=()) -> list:
-        return self.conn.execute(sql, params).fetchall()
-
-    def record(self, kind: str, key: str, action: str, body=None, data: bytes | None = None,
-               epoch: int | None = None) -> dict:
-        self.head += 1
-        change = {"seq": self.head, "epoch": self.epoch if epoch is None else epoch,
-                  "time": time.time(), "kind": kind, "key": key, "action": action,
-                  "body": body}
-        if data is not None:
-            change["data"] = data
-        apply_change(self.conn, change)
-        self.changes.append(change)
-        return change
-
-
-class _Job:
-    """One queued write: its mutation and, once a writer ran it, its outcome."""
-    __slots__ = ("fn", "internal", "during", "result", "error", "changes", "taken", "done")
-
-    def __init__(self, fn, internal: bool, during):
-        self.fn, self.internal, self.during = fn, internal, during
-        self.result, self.error, self.changes = None, None, []
-        self.taken = self.done = False
 
 
 class Store:
@@ -77,7 +38,9 @@ class Store:
         self._writer_conn = schema.connect(self.path)
         schema.create(self._writer_conn)
         self._writer = trio.CapacityLimiter(1)
-        self._queue: deque[_Job] = deque()  # writes waiting for the writer, in call order
+        self._queue: deque[Job] = deque()  # writes waiting for the writer, in call order
+        self.recent = RecentLog()  # the latest committed entries, for replication senders
+        self.cache = ObjectCache()  # recently read objects
         self._local_conn = schema.connect(self.path)
         self._local_lock = threading.Lock()
         self._per_thread = threading.local()
@@ -115,6 +78,7 @@ class Store:
         return self._all_version, self._kind_versions.get(kind, 0)
 
     def _bump_versions(self, changes: list[dict]) -> None:
+        self.cache.committed(changes)
         for change in changes:
             kind = change["kind"]
             if kind == "contents":  # a bundle replaces objects of any kind
@@ -124,6 +88,14 @@ class Store:
     async def wait_head_beyond(self, seq: int) -> None:
         while self.head <= seq:
             await self._head_changed.wait()
+
+    async def wait_head_moved(self) -> None:
+        """Until the head moves, or wake_head_waiters() is called."""
+        await self._head_changed.wait()
+
+    def wake_head_waiters(self) -> None:
+        self._head_changed.set()
+        self._head_changed = trio.Event()
 
     # ---- reads ----------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
@@ -140,11 +112,22 @@ class Store:
         return await trio.to_thread.run_sync(lambda: fn(self._reader()))
 
     async def get(self, kind: str, key: str) -> dict | None:
-        def q(conn):
-            row = conn.execute("SELECT body FROM objects WHERE kind=? AND key=?",
-                               (kind, key)).fetchone()
-            return json.loads(row[0]) if row else None
-        return await self.read(q)
+        text = await self.get_json(kind, key)
+        return None if text is None else json.loads(text)
+
+    async def get_json(self, kind: str, key: str) -> str | None:
+        """The object as stored (JSON text), from the cache of recently read objects when
+        it is there."""
+        text = self.cache.get(kind, key)
+        if text is not None:
+            return text
+        generation = self.cache.generation
+        row = await self.read(lambda conn: conn.execute(
+            "SELECT body FROM objects WHERE kind=? AND key=?", (kind, key)).fetchone())
+        if row is None:
+            return None
+        self.cache.put(kind, key, row[0], generation)
+        return row[0]
 
     async def list(self, kind: str, filters: dict[str, str] | None = None,
                    offset: int = 0, limit: int = -1) -> list[dict]:
@@ -165,6 +148,19 @@ class Store:
             row = conn.execute("SELECT path, size, sha256, mode, time FROM blobs WHERE path=?",
                                (path,)).fetchone()
             return dict(zip(("path", "size", "sha256", "mode", "time"), row)) if row else None
+        return await self.read(q)
+
+    async def wire_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """(seq, replication wire text) of the entries after seq: from memory when they were
+        just committed, else from the database."""
+        held = self.recent.after(seq, limit, oldest_kept=self.head - self.retention + 1)
+        if held is not None:
+            return held
+
+        def q(conn):
+            rows = conn.execute("SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (seq, limit)).fetchall()
+            return [(r[0], wire_text(r)) for r in rows]
         return await self.read(q)
 
     async def entries_after(self, seq: int, limit: int = 1000) -> list[dict]:
@@ -216,7 +212,7 @@ class Store:
         its own SAVEPOINT, so a write that fails is rolled back alone and takes no seq."""
         if self.refuse_writes and not internal:
             raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
-        job = _Job(fn, internal, during)
+        job = Job(fn, internal, during)
         self._queue.append(job)
         try:
             async with self._writer:
@@ -234,10 +230,17 @@ class Store:
         return job.result
 
     async def _commit_queued(self) -> None:
-        """Commit the queued writes (up to MAX_GROUP) as one group; holds the writer."""
-        group: list[_Job] = []
+        """Commit the queued writes (up to MAX_GROUP) as one group; holds the writer.
+
+        A write with a `during` context (a blob put or delete: it renames or removes a file
+        inside its transaction) is committed in a group of its own, so the moment between its
+        file change and its commit is no longer than without grouping."""
+        group: list[Job] = []
         while self._queue and len(group) < MAX_GROUP:
-            job = self._queue.popleft()
+            job = self._queue[0]
+            if group and (job.during is not None or group[0].during is not None):
+                break
+            self._queue.popleft()
             job.taken = True
             if self.refuse_writes and not job.internal:  # the role changed while it queued
                 job.error = ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
@@ -252,8 +255,9 @@ class Store:
                 for job in group:
                     if job.during is not None:
                         stack.enter_context(job.during)
-                changes = await trio.to_thread.run_sync(self._run_group, group)
+                changes, wire = await trio.to_thread.run_sync(self._run_group, group)
                 if changes:
+                    self.recent.remember(wire)
                     self._bump_versions(changes)
                     self._set_position(changes[-1]["seq"], self.epoch_after(changes))
                     self.writes_since_trim += len(changes)
@@ -272,43 +276,12 @@ class Store:
         promotes = [c["body"]["epoch"] for c in changes if c["kind"] == "ha"]
         return max([self.epoch, *promotes])
 
-    def _run_group(self, group: list["_Job"]) -> list[dict]:
-        """In the worker thread: one transaction, one savepoint per job; returns the
-        committed changes in order (each job's result/error/changes are filled in)."""
-        conn = self._writer_conn
-        conn.execute("BEGIN IMMEDIATE")
-        tx = Tx(conn, self.head, self.epoch)
-        try:
-            for job in group:
-                head, epoch, mark = tx.head, tx.epoch, len(tx.changes)
-                conn.execute("SAVEPOINT job")
-                try:
-                    job.result = job.fn(tx)
-                except Exception as e:  # this job alone fails: undo it, seqs included
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    tx.head, tx.epoch = head, epoch
-                    del tx.changes[mark:]
-                    job.error = e
-                    continue
-                conn.execute("RELEASE job")
-                job.changes = tx.changes[mark:]
-            if self.writes_since_trim >= 1000 and tx.changes:
-                self._trim(conn, tx.head)
-            conn.execute("COMMIT")
-        except BaseException as e:  # the commit itself failed: nothing of the group holds
-            conn.execute("ROLLBACK")
-            for job in group:
-                if job.error is None:
-                    job.error, job.result, job.changes = e, None, []
-            if not isinstance(e, Exception):
-                raise
-            return []
-        return tx.changes
-
-    def _trim(self, conn, head: int) -> None:
-        conn.execute("DELETE FROM changes WHERE seq <= ?", (head - self.retention,))
-        self.writes_since_trim = 0
+    def _run_group(self, group: list[Job]) -> tuple[list[dict], list[tuple[int, str]]]:
+        trim = self.retention if self.writes_since_trim >= 1000 else None
+        changes, wire, trimmed = run_group(self._writer_conn, group, self.head, self.epoch, trim)
+        if trimmed:
+            self.writes_since_trim = 0
+        return changes, wire
 
     def _notify(self, changes: list[dict]) -> None:
         for listener in list(self.listeners):
@@ -318,34 +291,25 @@ class Store:
                 log.exception("change listener failed")
 
     async def apply_replicated(self, entries: list[dict]) -> None:
-        """A passive's replay: each entry in its own transaction, position included."""
+        """A passive's replay: each entry in its own transaction, position included. Durable
+        when this returns: only the last commit of the batch waits for the disk (in WAL mode
+        its fsync covers every commit before it), so a batch costs one fsync, not one each."""
         if not entries:
             return
         applied: list[dict] = []
+        wire: list[tuple[int, str]] = []
         async with self._writer:
             try:
-                await trio.to_thread.run_sync(self._apply_entries, entries, applied)
+                await trio.to_thread.run_sync(apply_entries, self._writer_conn, entries, applied,
+                                             wire, self.path, self.retention)
             finally:
                 # Entries before a failing one are committed: the position must say so, or
                 # the next write would reuse their seqs.
                 if applied:
+                    self.recent.remember(wire)
                     self._bump_versions(applied)
                     self._set_position(applied[-1]["seq"], self.epoch_after(applied))
         self._notify(applied)
-
-    def _apply_entries(self, entries: list[dict], applied: list[dict]) -> None:
-        conn = self._writer_conn
-        for entry in entries:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                apply_change(conn, entry)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            applied.append(entry)
-        if entries and entries[-1]["seq"] % 1000 < len(entries):
-            conn.execute("DELETE FROM changes WHERE seq <= ?", (entries[-1]["seq"] - self.retention,))
 
     # ---- snapshots (full catch-up) ----------------------------------------------------------
     async def snapshot_into(self, dest: Path) -> int:
@@ -392,6 +356,8 @@ class Store:
                 head, epoch = await trio.to_thread.run_sync(run)
             finally:
                 self._all_version += 1
+                self.recent.clear()
+                self.cache.clear()
             self._set_position(head, epoch)
 
     def close(self) -> None:

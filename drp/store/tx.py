@@ -1,0 +1,144 @@
+"""The writer's side of the store, in the worker thread: transactions over the writer connection.
+
+- run_group: group commit on the node that takes writes. Queued writes run in ONE transaction
+  (one fsync), each inside its own SAVEPOINT, so a write that fails is rolled back alone and
+  its seqs are reused by the next write: the change log stays gap-free.
+- apply_entries: a passive's replay, each entry in its own transaction; only the batch's last
+  commit waits for the disk.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from drp.store.apply import apply_change, wire_text
+
+MAX_GROUP = 128  # writes committed together at most
+
+
+class Tx:
+    """What a mutation function sees inside the writer's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, head: int, epoch: int):
+        self.conn = conn
+        self.head = head
+        self.epoch = epoch
+        self.changes: list[dict] = []
+        self.wire: list[tuple[int, str]] = []  # (seq, replication wire text) per change
+
+    def get(self, kind: str, key: str) -> dict | None:
+        row = self.conn.execute("SELECT body FROM objects WHERE kind=? AND key=?",
+                                (kind, key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def query(self, sql: str, params=()) -> list:
+        return self.conn.execute(sql, params).fetchall()
+
+    def record(self, kind: str, key: str, action: str, body=None, data: bytes | None = None,
+               epoch: int | None = None) -> dict:
+        self.head += 1
+        change = {"seq": self.head, "epoch": self.epoch if epoch is None else epoch,
+                  "time": time.time(), "kind": kind, "key": key, "action": action,
+                  "body": body}
+        if data is not None:
+            change["data"] = data
+        row = apply_change(self.conn, change)
+        self.changes.append(change)
+        self.wire.append((self.head, wire_text(row)))
+        return change
+
+
+class Job:
+    """One queued write: its mutation and, once a writer ran it, its outcome."""
+    __slots__ = ("fn", "internal", "during", "result", "error", "changes", "taken", "done")
+
+    def __init__(self, fn, internal: bool, during):
+        self.fn, self.internal, self.during = fn, internal, during
+        self.result, self.error, self.changes = None, None, []
+        self.taken = self.done = False
+
+
+def run_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
+              trim_retention: int | None) -> tuple[list[dict], list[tuple[int, str]], bool]:
+    """Run every job of the group in one transaction, each in a savepoint; fills in each job's
+    result/error/changes. Returns the committed changes in order, their wire texts, and
+    whether the log was trimmed (to trim_retention entries, when given)."""
+    conn.execute("BEGIN IMMEDIATE")
+    tx = Tx(conn, head, epoch)
+    trimmed = False
+    try:
+        for job in group:
+            head, epoch, mark = tx.head, tx.epoch, len(tx.changes)
+            conn.execute("SAVEPOINT job")
+            try:
+                job.result = job.fn(tx)
+            except Exception as e:  # this job alone fails: undo it, seqs included
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                tx.head, tx.epoch = head, epoch
+                del tx.changes[mark:]
+                del tx.wire[mark:]
+                job.error = e
+                continue
+            conn.execute("RELEASE job")
+            job.changes = tx.changes[mark:]
+        if trim_retention is not None and tx.changes:
+            conn.execute("DELETE FROM changes WHERE seq <= ?", (tx.head - trim_retention,))
+            trimmed = True
+        conn.execute("COMMIT")
+    except BaseException as e:  # the commit itself failed: nothing of the group holds
+        conn.execute("ROLLBACK")
+        for job in group:
+            if job.error is None:
+                job.error, job.result, job.changes = e, None, []
+        if not isinstance(e, Exception):
+            raise
+        return [], [], False
+    return tx.changes, tx.wire, trimmed
+
+
+def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
+                  wire: list[tuple[int, str]], db_path: Path, retention: int) -> None:
+    """Replay entries, each in its own transaction (appending to `applied` and `wire` as each
+    commits). In WAL mode the fsync of the last commit covers every commit before it, so the
+    others commit with synchronous=NORMAL: the batch is durable when this returns, at the cost
+    of one fsync."""
+    last = len(entries) - 1
+    synced = True
+    try:
+        for i, entry in enumerate(entries):
+            if i == 0 and last > 0:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            elif i == last and last > 0:
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = apply_change(conn, entry)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            synced = i == last
+            applied.append(entry)
+            wire.append((entry["seq"], wire_text(row)))
+    finally:
+        if last > 0:
+            conn.execute("PRAGMA synchronous=FULL")
+        if not synced:  # failed mid-batch: what did commit is made durable all the same
+            fsync_path(Path(f"{db_path}-wal"))
+    if entries and entries[-1]["seq"] % 1000 < len(entries):
+        conn.execute("DELETE FROM changes WHERE seq <= ?", (entries[-1]["seq"] - retention,))
+
+
+def fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
