@@ -146,6 +146,21 @@ def test_stream_resume_drops_files_a_crash_left_uncommitted(cluster):
     assert_same_data(a, b)
 
 
+def test_second_connection_with_the_same_drp_id_is_refused_until_the_first_ends(cluster):
+    """A node whose previous connection the active still holds is refused as busy and gets in
+    within seconds of that connection ending (not after the 30 s of a refusal to fix)."""
+    a = cluster.node("a", passive=False)
+    b = cluster.node("b", passive=True)
+    b.wait_log(REALTIME)
+    twin = cluster.node("twin", passive=True, extra=["--drp-id", "node-b"])
+    twin.wait_log("refused this node (busy)")
+    assert "retrying in 5s" in twin.logs()
+    assert REALTIME not in twin.logs()
+    b.stop()
+    twin.wait_log(REALTIME, timeout=15)
+    assert [s["id"] for s in wait_in_sync(a, cluster.token, 1)] == ["node-b"]
+
+
 def test_acknowledged_writes_are_on_passives_at_once(cluster):
     a = cluster.node("a", passive=False)
     b = cluster.node("b", passive=True)

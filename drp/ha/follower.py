@@ -29,7 +29,10 @@ REALTIME = "Stream switch to realtime streaming"
 GONE = "gone"  # a blob the active no longer has
 MAX_MESSAGE = 256 << 20
 BACKOFF_MAX = 5.0
-REFUSED_RETRY = 30.0
+REFUSED_RETRY = 30.0  # a refusal someone must fix: token, ha-id, version, platform
+# "busy": most often this node's own previous connection, which the active has not yet seen
+# close (the node restarted, or its network blinked); that ends within seconds.
+BUSY_RETRY = 5.0
 STALL_TIMEOUT = 10.0  # no message (not even a heartbeat) for this long: reconnect
 
 
@@ -107,9 +110,10 @@ class Follower:
                     self.node.ha_reason = r.refuse.reason
                     self.node.ha_status = "Refused"
                     self._status(f"passive: refused by the active: {r.refuse.reason}")
+                    retry = BUSY_RETRY if r.refuse.code == "busy" else REFUSED_RETRY
                     log.error("the active refused this node (%s): %s; retrying in %.0fs",
-                              r.refuse.code, r.refuse.reason, REFUSED_RETRY)
-                    await trio.sleep(REFUSED_RETRY)
+                              r.refuse.code, r.refuse.reason, retry)
+                    await trio.sleep(retry)
                     continue
                 except Exception as e:  # noqa: BLE001 — every failure means: reconnect
                     log.warning("replication from %s: %s; reconnecting in %.1fs",
