@@ -6,7 +6,9 @@ The active (HA, --ha-log-retention 10, so the passive must take the full catch-u
 blobs over HTTPS) is loaded with ISOs and files (--quick: 256 MiB) and objects (--quick: 10k;
 loaded as content bundles plus a few thousand concurrent POSTs, not timed). Then a fresh
 passive joins; from its log: the bytes it fetched and how long the catch-up took, and how long
-the objects took (snapshot download + install). In the same run, a plain socket copy of the
+the objects took (snapshot download + install); --joins fresh passives join one after another
+(the median is reported, with every ratio). In the same run, before and after each join, a
+plain socket copy of the
 same bytes (the active's blob files and a file the size of the snapshot) over loopback, from a
 Python sender reading them to a receiver process writing them to disk (fsync per file, as the
 passive does). Also the passive's peak RSS (VmHWM). The last line of output is one JSON object.
@@ -181,7 +183,7 @@ def blob_files(root: Path) -> list[Path]:
     return sorted(out)
 
 
-def run(workdir: Path, blob_bytes: int, objects: int) -> dict:
+def run(workdir: Path, blob_bytes: int, objects: int, rounds: int) -> dict:
     seed_root, token = make_token(workdir)
     (workdir / "ha").mkdir()
     cluster = Cluster(workdir / "ha", token, seed_root)
@@ -198,34 +200,49 @@ def run(workdir: Path, blob_bytes: int, objects: int) -> dict:
         db = sqlite3.connect(active.base_root / "drp.db")
         db.execute("VACUUM INTO ?", (str(snap_stand_in),))
         db.close()
-        raw_before = raw_copy([snap_stand_in, *files], workdir / "raw")
-        started = time.monotonic()
-        passive = cluster.node("b", passive=True)
-        wait_in_sync(active, token, 1, timeout=1800)
-        in_sync_s = time.monotonic() - started
-        peak = _load.status_kib(passive.proc.pid, "VmHWM")
-        rss_now = _load.status_kib(passive.proc.pid, "VmRSS")
-        found = TIMINGS.findall(passive.logs())
-        if not found:
-            raise RuntimeError(f"no catch-up timings in the passive's log:\n{passive.logs()[-3000:]}")
-        raw_after = raw_copy([snap_stand_in, *files], workdir / "raw")
+        os.sync()  # the load's dirty pages would slow the first raw copy's fsyncs
+        raw_copy([snap_stand_in, *files], workdir / "raw")  # warm-up: the first runs ~3x slower
+        raws = [raw_copy([snap_stand_in, *files], workdir / "raw")]
+        joins = []
+        for i in range(rounds):  # raw, join, raw, join, ..., raw: noise hits both alike
+            started = time.monotonic()
+            passive = cluster.node(f"p{i}", passive=True)
+            wait_in_sync(active, token, 1, timeout=1800)
+            in_sync_s = time.monotonic() - started
+            peak = _load.status_kib(passive.proc.pid, "VmHWM")
+            rss_now = _load.status_kib(passive.proc.pid, "VmRSS")
+            found = TIMINGS.findall(passive.logs())
+            if not found:
+                raise RuntimeError(f"no catch-up timings in the passive's log:\n{passive.logs()[-3000:]}")
+            passive.stop()
+            shutil.rmtree(passive.base_root, ignore_errors=True)
+            joins.append((found[-1], in_sync_s, peak, rss_now))
+            raws.append(raw_copy([snap_stand_in, *files], workdir / "raw"))
     finally:
         cluster.stop_all()
-    snap_b, snap_s, nblobs, blob_b, files_s, n_obj, install_s, total_s = found[-1]
-    fetched = int(snap_b) + int(blob_b)
-    raw_bytes = raw_before[0] + raw_after[0]
-    raw_rate = raw_bytes / (raw_before[1] + raw_after[1])
-    rate = fetched / float(total_s)
-    return {"bench": "catchup", "bytes": fetched, "seconds": round(float(total_s), 3),
-            "bytes_per_s": round(rate), "raw_tcp_bytes_per_s": round(raw_rate),
-            "ratio": round(rate / raw_rate, 3), "objects": int(n_obj),
+    ratios, rates = [], []
+    for i, (timing, *_rest) in enumerate(joins):
+        fetched = int(timing[0]) + int(timing[3])
+        rates.append(fetched / float(timing[7]))
+        around = raws[i:i + 2]  # the raw copies just before and just after this join
+        ratios.append(rates[-1] / (sum(b for b, _ in around) / sum(t for _, t in around)))
+        print(f"join {i + 1}: {rates[-1] / 1e6:.0f} MB/s; raw copies around it "
+              f"{', '.join(f'{b / t / 1e6:.0f}' for b, t in around)} MB/s; ratio {ratios[-1]:.3f}",
+              flush=True)
+    mid = sorted(range(len(joins)), key=lambda k: ratios[k])[len(joins) // 2]  # the median join
+    (snap_b, snap_s, nblobs, blob_b, files_s, n_obj, install_s, total_s), in_sync_s, _, _ = joins[mid]
+    raw_rate = sum(b for b, _ in raws) / sum(t for _, t in raws)
+    return {"bench": "catchup", "joins": len(joins), "bytes": int(snap_b) + int(blob_b),
+            "seconds": round(float(total_s), 3), "bytes_per_s": round(rates[mid]),
+            "raw_tcp_bytes_per_s": round(raw_rate), "ratio": round(ratios[mid], 3),
+            "ratios": [round(r, 3) for r in ratios], "objects": int(n_obj),
             "objects_seconds": round(float(snap_s) + float(install_s), 3),
             "snapshot_bytes": int(snap_b), "snapshot_seconds": float(snap_s),
             "install_seconds": float(install_s), "blobs": int(nblobs),
             "blob_bytes": int(blob_b), "blob_seconds": float(files_s),
             "seconds_to_in_sync": round(in_sync_s, 3),
-            "passive_peak_rss_mb": round(peak / 1024, 1),
-            "passive_rss_after_mb": round(rss_now / 1024, 1),
+            "passive_peak_rss_mb": round(max(j[2] for j in joins) / 1024, 1),
+            "passive_rss_after_mb": round(max(j[3] for j in joins) / 1024, 1),
             "target_ratio": 0.5, "target_rss_mb": 150}
 
 
@@ -234,6 +251,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="256 MiB and 10k objects")
     ap.add_argument("--mib", type=int, default=None, help="MiB of files/ISOs (default 1024)")
     ap.add_argument("--objects", type=int, default=None, help="objects (default 100000)")
+    ap.add_argument("--joins", type=int, default=3,
+                    help="fresh passives joining one after another; the median is reported")
     ap.add_argument("--workdir", type=Path, default=None, help="where the data goes (default tmp)")
     args = ap.parse_args(argv)
     mib = args.mib or (256 if args.quick else 1024)
@@ -242,7 +261,7 @@ def main(argv: list[str]) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="drp-bench-catchup-", dir=args.workdir))
     try:
-        result = run(workdir, mib * MIB, objects)
+        result = run(workdir, mib * MIB, objects, max(1, args.joins))
     finally:
         if not os.environ.get("DRP_BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)

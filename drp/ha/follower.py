@@ -11,6 +11,7 @@ import hashlib
 import logging
 import ssl
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import trio
@@ -18,6 +19,7 @@ import trio_websocket
 
 from drp import __version__
 from drp.blob import storage
+from drp.blob.gate import gate_for
 from drp.ha import protocol as p
 from drp.ha.catchup import full_catchup, remove_orphans
 from drp.ha.transfer import Fetcher, Gone, Progress
@@ -27,6 +29,7 @@ from drp.node import goarch, goos
 log = logging.getLogger("drp.ha.passive")
 REALTIME = "Stream switch to realtime streaming"
 GONE = "gone"  # a blob the active no longer has
+BYTES_KINDS = ("blob", "joblog")  # entries that change files as well as rows
 MAX_MESSAGE = 256 << 20
 BACKOFF_MAX = 5.0
 REFUSED_RETRY = 30.0  # a refusal someone must fix: token, ha-id, version, platform
@@ -259,8 +262,9 @@ class Follower:
         """Bytes first (blobs, job-log appends), then the rows. Every blob the batch puts is
         fetched before anything changes on disk: when a fetch fails (the active went away
         mid-batch, its last entries maybe lost with it), no file is left without its row, nor
-        a file replaced by the bytes of an entry this node never applied."""
-        base = self.cfg.base_root
+        a file replaced by the bytes of an entry this node never applied. From the first
+        change on disk to the commit of the rows the paths are held in the blob gate, as on
+        the active, so a reader here never pairs a row with bytes it does not describe."""
         staged: dict[int, Path | str | None] = {}  # seq of a blob put -> staged file | GONE
         touched: set[str] = set()  # blob paths an earlier entry of this batch puts or deletes
         try:
@@ -270,23 +274,30 @@ class Follower:
                         staged[entry["seq"]] = await self._stage_blob(
                             entry["key"], entry["body"], entry["key"] in touched)
                     touched.add(entry["key"])
-            for entry in entries:  # on disk, in order
-                kind, key, body = entry["kind"], entry["key"], entry["body"]
-                if kind == "blob":
-                    target = storage.disk_path(base, key)
-                    got = staged.pop(entry["seq"], None) if entry["action"] == "put" else GONE
-                    if got == GONE:  # a delete, or deleted on the active since the put
-                        await trio.to_thread.run_sync(storage.remove, target)
-                    elif got is not None:
-                        await self.fetcher.install(got, target, body.get("mode", 0o644))
-                elif kind == "joblog":
-                    target = storage.disk_path(base, key)
-                    await trio.to_thread.run_sync(_append, target, body["offset"], entry["data"])
+            with ExitStack() as held:
+                gate = gate_for(self.store)
+                for path in sorted({e["key"] for e in entries if e["kind"] in BYTES_KINDS}):
+                    held.enter_context(gate.writing(path))
+                for entry in entries:  # on disk, in order
+                    await self._apply_bytes(entry, staged)
+                await self.store.apply_replicated(entries)
         finally:
             for left in staged.values():  # a failed batch: nothing of it is put in place
                 if isinstance(left, Path):
                     left.unlink(missing_ok=True)
-        await self.store.apply_replicated(entries)
+
+    async def _apply_bytes(self, entry: dict, staged: dict) -> None:
+        kind, key, body = entry["kind"], entry["key"], entry["body"]
+        if kind == "blob":
+            target = storage.disk_path(self.cfg.base_root, key)
+            got = staged.pop(entry["seq"], None) if entry["action"] == "put" else GONE
+            if got == GONE:  # a delete, or deleted on the active since the put
+                await trio.to_thread.run_sync(storage.remove, target)
+            elif got is not None:
+                await self.fetcher.install(got, target, body.get("mode", 0o644))
+        elif kind == "joblog":
+            target = storage.disk_path(self.cfg.base_root, key)
+            await trio.to_thread.run_sync(_append, target, body["offset"], entry["data"])
 
     async def _stage_blob(self, path: str, meta: dict, touched: bool) -> Path | str | None:
         """The blob's bytes fetched aside (None: we hold them already; GONE: the active no
