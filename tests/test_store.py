@@ -389,6 +389,50 @@ async def test_group_commit_isolates_a_failing_write(store, monkeypatch):
     assert store.head == 10
 
 
+class _CommitFailsOnce:
+    """The writer connection, except that the next COMMIT fails the way an I/O error or a
+    full disk makes it fail: SQLite has already rolled the transaction back when the error
+    is raised. (A real disk error cannot be produced on demand here.)"""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn, self.armed = conn, True
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            self.conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+async def test_group_whose_commit_fails_reports_every_write_failed(store):
+    """No write of a group whose COMMIT failed may be reported as done."""
+    head = store.head
+    real = store._writer_conn
+    store._writer_conn = _CommitFailsOnce(real)
+    outcomes = {}
+
+    async def writer(i):
+        try:
+            outcomes[i] = await store.write(put("profiles", f"f{i}", {"Name": f"f{i}"}))
+        except sqlite3.OperationalError as e:
+            outcomes[i] = str(e)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(writer, i)
+    finally:
+        store._writer_conn = real
+    assert outcomes == {i: "disk I/O error" for i in range(3)}
+    assert store.head == head and await store.entries_after(head) == []
+    assert [await store.get("profiles", f"f{i}") for i in range(3)] == [None] * 3
+    await store.write(put("profiles", "after", {"Name": "after"}))  # the writer goes on
+    assert [e["seq"] for e in await store.entries_after(head)] == [head + 1]
+
+
 async def test_cancelled_queued_write_never_happens(store):
     started = trio.Event()
 
@@ -482,3 +526,22 @@ async def test_object_cache_skips_reads_that_overlap_a_commit(store):
     store.cache.put("profiles", "o", '{"Name": "o", "Description": "old"}', generation)
     assert store.cache.get("profiles", "o") is None  # read before the commit: not kept
     assert (await store.get("profiles", "o"))["Description"] == "new"
+
+
+def test_recent_log_holds_a_bounded_contiguous_tail():
+    from drp.store.recent import RecentLog
+    log = RecentLog(keep=4, keep_bytes=10, big=6)
+    log.remember([(1, "a"), (2, "bb"), (3, "c")])
+    assert log.after(0, 10) == [(1, "a"), (2, "bb"), (3, "c")]
+    assert log.after(1, 1) == [(2, "bb")]
+    assert log.after(3, 10) == []
+    assert log.after(1, 10, oldest_kept=3) is None  # trimmed from the database: not from here
+    log.remember([(4, "d"), (5, "e")])  # 5 entries > keep=4: the oldest goes
+    assert log.after(0, 10) is None and log.after(1, 10) == [(2, "bb"), (3, "c"), (4, "d"), (5, "e")]
+    log.remember([(6, "ffff"), (7, "gggg")])  # 13 bytes > keep_bytes=10: 2 and 3 go
+    assert log.after(2, 10) is None
+    assert log.after(3, 10) == [(4, "d"), (5, "e"), (6, "ffff"), (7, "gggg")]
+    log.remember([(8, "h"), (9, "x" * 7), (10, "j")])  # 9 is too big to hold
+    assert log.after(8, 10) is None and log.after(9, 10) == [(10, "j")]
+    log.remember([(12, "l")])  # a gap: start over
+    assert log.after(9, 10) is None and log.after(11, 10) == [(12, "l")]

@@ -99,6 +99,7 @@ class Follower:
         """Follow forever: reconnect with capped backoff; refused → retry slowly."""
         backoff = 0.2
         try:
+            await self.fetcher.sweep_staged()
             while True:
                 self.welcomed = False
                 try:

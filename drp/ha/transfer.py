@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -81,7 +82,35 @@ class Progress:
             self.report(status)
 
 
-_BUSY: dict[Path, threading.Lock] = {}
+class _PartialLocks:
+    """One lock per partial file, for the whole process (a thread given up on by an earlier
+    follower may still be writing): one writer per partial file. An entry lives while any
+    thread has claimed it; claims and releases are made by the fetch threads themselves, so
+    a thread that was given up on still counts until it really ends."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[Path, list] = {}  # partial -> [lock, threads that claimed it]
+
+    @contextmanager
+    def held(self, partial: Path):
+        with self._guard:
+            entry = self._locks.setdefault(partial, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[partial]
+
+
+_PARTIALS = _PartialLocks()
+# Held around the rename of a finished download into place, and by a cancelled fetch while it
+# tells its thread to stop: a fetch given up on never installs its file afterwards (over what
+# this node wrote since, e.g. as the active).
 _INSTALL = threading.Lock()
 
 
@@ -92,28 +121,42 @@ class Cancelled(Exception):
 class Fetcher:
     """Authenticated HTTPS downloads from the active, resumable and sha256-verified.
 
-    Each download runs in a worker thread with httpx's blocking client: there the TLS records
-    are decrypted by OpenSSL into 64 KiB reads, without the GIL, while on the event loop (trio's
-    SSLStream, h11) every 16 KiB record cost a round of Python and made the passive CPU-bound
-    at a third of what the link carries. Several fetches run at once, on both cores."""
+    Each download runs in a worker thread with httpx's blocking client: there OpenSSL decrypts
+    the TLS records without the GIL and the pieces are hashed and written 1 MiB at a time,
+    while on the event loop (trio's SSLStream, h11) every 16 KiB record cost a round of Python
+    and made the passive CPU-bound. Several fetches run at once, on both cores."""
 
     def __init__(self, base_url: str, token: str, partial_dir: Path):
         self.partial_dir = partial_dir
         self.client = httpx.Client(base_url=base_url.rstrip("/"), verify=False,
                                    headers={"Authorization": f"Bearer {token}"},
                                    timeout=httpx.Timeout(READ_TIMEOUT, connect=10))
-        # Both per process, not per fetcher: a thread given up on by an earlier follower may
-        # still be running. One writer per partial file (the thread of a cancelled fetch
-        # keeps it until it notices); and the lock held around the rename into place, and by
-        # a cancelled fetch while it tells its thread to stop: so a fetch given up on never
-        # installs its file afterwards (over what this node wrote since, e.g. as the active).
-        self._busy = _BUSY
-        self._install = _INSTALL
+        self._threads = 0  # fetch threads of this fetcher still running
+        self._closing = False
+        self._count_lock = threading.Lock()
 
     async def aclose(self) -> None:
-        # Not closed under a fetch thread given up on (that one finishes or times out alone).
-        if not any(lock.locked() for lock in self._busy.values()):
+        """Close the connections now, or, if a fetch thread given up on still runs, when the
+        last one ends (it notices `stop` at its next read)."""
+        with self._count_lock:
+            self._closing = True
+            if self._threads:
+                return
+        self.client.close()
+
+    def _thread_ends(self) -> None:
+        with self._count_lock:
+            self._threads -= 1
+            close = self._closing and not self._threads
+        if close:
             self.client.close()
+
+    async def sweep_staged(self) -> None:
+        """Remove staged files a crash left between stage() and install()."""
+        def run():
+            for path in self.partial_dir.glob("*.staged"):
+                path.unlink(missing_ok=True)
+        await trio.to_thread.run_sync(run)
 
     async def fetch(self, url: str, dest: Path, sha256: str, mode: int = 0o644,
                     progress: Progress | None = None) -> tuple[int, str]:
@@ -150,28 +193,33 @@ class Fetcher:
     async def _fetch_once(self, url, dest: Path | None, sha256: str, mode: int,
                           progress: Progress | None) -> tuple[int, str, Path]:
         partial = self.partial_dir / (sha256 or hashlib.sha256(url.encode()).hexdigest())
-        lock = self._busy.setdefault(partial, threading.Lock())
         stop = threading.Event()
         try:
             # Abandoned on cancel: the thread sees `stop` at its next read (READ_TIMEOUT at
-            # most) and leaves its partial file to be resumed; the lock keeps a successor off
-            # it until then.
+            # most) and leaves its partial file to be resumed; its claim on the partial file
+            # keeps a successor off it until then.
             return await trio.to_thread.run_sync(
-                self._fetch_blocking, url, dest, partial, lock, sha256, mode, progress, stop,
+                self._fetch_thread, url, dest, partial, sha256, mode, progress, stop,
                 abandon_on_cancel=True)
         except trio.Cancelled:
-            with self._install:  # µs at most: a thread inside holds it for chmod + rename
+            with _INSTALL:  # µs at most: a thread inside holds it for chmod + rename
                 stop.set()
             raise
-        finally:
-            if not stop.is_set() and lock.acquire(blocking=False):
-                self._busy.pop(partial, None)  # nobody on it: forget the lock
-                lock.release()
 
-    def _fetch_blocking(self, url: str, dest: Path | None, partial: Path, lock: threading.Lock,
-                        sha256: str, mode: int, progress: Progress | None,
+    def _fetch_thread(self, *args) -> tuple[int, str, Path]:
+        # Counted by the thread itself: one that never started (cancelled while waiting for a
+        # worker) must not keep aclose() from closing the client.
+        with self._count_lock:
+            self._threads += 1
+        try:
+            return self._fetch_blocking(*args)
+        finally:
+            self._thread_ends()
+
+    def _fetch_blocking(self, url: str, dest: Path | None, partial: Path, sha256: str,
+                        mode: int, progress: Progress | None,
                         stop: threading.Event) -> tuple[int, str, Path]:
-        with lock:
+        with _PARTIALS.held(partial):
             partial.parent.mkdir(parents=True, exist_ok=True)
             offset = partial.stat().st_size if partial.exists() else 0
             headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -197,12 +245,14 @@ class Fetcher:
                 partial.unlink(missing_ok=True)
                 raise _Corrupt()
             size = partial.stat().st_size
+            if stop.is_set():  # given up on: leave the partial file to be resumed
+                raise Cancelled()
             if dest is None:  # staged: out of the way of a fetch of the same bytes
                 staged = partial.with_name(f"{partial.name}.{uuid.uuid4().hex}.staged")
                 os.replace(partial, staged)
                 return size, got, staged
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with self._install:
+            with _INSTALL:
                 if stop.is_set():
                     raise Cancelled()
                 os.chmod(partial, mode)
@@ -213,17 +263,27 @@ class Fetcher:
 
 def _receive(resp: httpx.Response, partial: Path, offset: int, hasher,
              progress: Progress | None, stop: threading.Event) -> None:
-    """The response body appended to (or, from offset 0, written as) the partial file."""
-    with open(partial, "ab" if offset else "wb", buffering=CHUNK) as f:
-        for piece in resp.iter_raw():  # as received: up to 64 KiB, no re-chunking copy
+    """The response body appended to (or, from offset 0, written as) the partial file.
+    Pieces (a TLS record each, 16 KiB) are gathered into CHUNK-sized buffers before they are
+    hashed and written: fewer GIL hand-offs between the fetch threads."""
+    pending = bytearray()
+
+    def flush(f) -> None:
+        hasher.update(pending)
+        f.write(pending)
+        CATCHUP_BYTES.inc(len(pending))
+        if progress:
+            progress.add(len(pending))
+        pending.clear()
+
+    with open(partial, "ab" if offset else "wb", buffering=0) as f:
+        for piece in resp.iter_raw():
             if stop.is_set():
                 raise Cancelled()
-            hasher.update(piece)
-            f.write(piece)
-            CATCHUP_BYTES.inc(len(piece))
-            if progress:
-                progress.add(len(piece))
-        f.flush()
+            pending += piece
+            if len(pending) >= CHUNK:
+                flush(f)
+        flush(f)
         os.fsync(f.fileno())
 
 

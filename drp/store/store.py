@@ -346,7 +346,8 @@ class Store:
                         conn.execute(f"INSERT INTO main.{table} SELECT * FROM snap.{table}")
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite may have rolled back already (I/O error)
+                        conn.execute("ROLLBACK")
                     raise
             finally:
                 conn.execute("DETACH DATABASE snap")

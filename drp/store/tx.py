@@ -90,7 +90,9 @@ def run_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
             trimmed = True
         conn.execute("COMMIT")
     except BaseException as e:  # the commit itself failed: nothing of the group holds
-        conn.execute("ROLLBACK")
+        # On an I/O error or a full disk SQLite may have rolled back already.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         for job in group:
             if job.error is None:
                 job.error, job.result, job.changes = e, None, []
@@ -119,7 +121,8 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
                 row = apply_change(conn, entry)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (I/O error)
+                    conn.execute("ROLLBACK")
                 raise
             synced = i == last
             applied.append(entry)
