@@ -15,10 +15,10 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import trio
 
 from drp.blob.storage import fsync_dir
+from drp.ha.bulkget import Pool
 from drp.metrics import CATCHUP_BYTES
 
 log = logging.getLogger("drp.ha.transfer")
@@ -121,16 +121,14 @@ class Cancelled(Exception):
 class Fetcher:
     """Authenticated HTTPS downloads from the active, resumable and sha256-verified.
 
-    Each download runs in a worker thread with httpx's blocking client: there OpenSSL decrypts
-    the TLS records without the GIL and the pieces are hashed and written 1 MiB at a time,
-    while on the event loop (trio's SSLStream, h11) every 16 KiB record cost a round of Python
-    and made the passive CPU-bound. Several fetches run at once, on both cores."""
+    Each download runs in a worker thread (drp.ha.bulkget): OpenSSL decrypts the TLS records
+    straight into a 1 MiB buffer, hashed and written a buffer at a time, while on the event
+    loop (trio's SSLStream, h11) every 16 KiB record cost a round of Python and made the
+    passive CPU-bound. Several fetches run at once, on both cores."""
 
     def __init__(self, base_url: str, token: str, partial_dir: Path):
         self.partial_dir = partial_dir
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), verify=False,
-                                   headers={"Authorization": f"Bearer {token}"},
-                                   timeout=httpx.Timeout(READ_TIMEOUT, connect=10))
+        self.client = Pool(base_url, {"Authorization": f"Bearer {token}"}, READ_TIMEOUT)
         self._threads = 0  # fetch threads of this fetcher still running
         self._closing = False
         self._count_lock = threading.Lock()
@@ -223,17 +221,18 @@ class Fetcher:
             partial.parent.mkdir(parents=True, exist_ok=True)
             offset = partial.stat().st_size if partial.exists() else 0
             headers = {"Range": f"bytes={offset}-"} if offset else {}
-            with self.client.stream("GET", url, headers=headers) as resp:
-                if resp.status_code == 404:
-                    raise Gone(url)
-                if resp.status_code == 416:  # our partial is longer than the file: start over
-                    partial.unlink(missing_ok=True)
-                    raise _Corrupt()
-                if resp.status_code not in (200, 206):
-                    resp.read()
-                    raise TransferError(f"GET {url}: {resp.status_code} {resp.text[:200]}")
-                claimed = resp.headers.get("X-DRP-SHA256SUM", "")
-                if resp.status_code == 200:
+            with self.client.get(url, headers) as resp:
+                if resp.status not in (200, 206):
+                    text = resp.read(4096).decode("utf-8", "replace")
+                    resp.read()  # the rest: the connection can be used again
+                    if resp.status == 404:
+                        raise Gone(url)
+                    if resp.status == 416:  # our partial is longer than the file: restart
+                        partial.unlink(missing_ok=True)
+                        raise _Corrupt()
+                    raise TransferError(f"GET {url}: {resp.status} {text[:200]}")
+                claimed = resp.getheader("X-DRP-SHA256SUM", "")
+                if resp.status == 200:
                     offset = 0
                 hasher = _hash_prefix(partial) if offset else hashlib.sha256()
                 if progress and offset:
@@ -261,29 +260,21 @@ class Fetcher:
             return size, got, dest
 
 
-def _receive(resp: httpx.Response, partial: Path, offset: int, hasher,
-             progress: Progress | None, stop: threading.Event) -> None:
-    """The response body appended to (or, from offset 0, written as) the partial file.
-    Pieces (a TLS record each, 16 KiB) are gathered into CHUNK-sized buffers before they are
-    hashed and written: fewer GIL hand-offs between the fetch threads."""
-    pending = bytearray()
-
-    def flush(f) -> None:
-        hasher.update(pending)
-        f.write(pending)
-        CATCHUP_BYTES.inc(len(pending))
-        if progress:
-            progress.add(len(pending))
-        pending.clear()
-
-    with open(partial, "ab" if offset else "wb", buffering=0) as f:
-        for piece in resp.iter_raw():
+def _receive(resp, partial: Path, offset: int, hasher, progress: Progress | None,
+             stop: threading.Event) -> None:
+    """The response body appended to (or, from offset 0, written as) the partial file."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(partial, "ab" if offset else "wb") as f:
+        while n := resp.readinto(view):  # fills the buffer, short only at the end
             if stop.is_set():
                 raise Cancelled()
-            pending += piece
-            if len(pending) >= CHUNK:
-                flush(f)
-        flush(f)
+            hasher.update(view[:n])
+            f.write(view[:n])
+            CATCHUP_BYTES.inc(n)
+            if progress:
+                progress.add(n)
+        f.flush()
         os.fsync(f.fileno())
 
 
