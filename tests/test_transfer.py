@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import ssl
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 import trio
 
 from drp.ha import transfer
+from drp.ha.bulkget import CertificateMismatch
 from drp.ha.transfer import Fetcher, Gone
 
 BIG = 8 << 20
@@ -29,10 +31,32 @@ def served(module_drp_factory):
     return server, token, {n: (d, hashlib.sha256(d).hexdigest()) for n, d in files.items()}
 
 
+def fetcher_for(server, token: str, partial_dir) -> Fetcher:
+    """A fetcher that trusts the server's certificate, as the replication stream pins it."""
+    fetcher = Fetcher(server.url, token, partial_dir)
+    pem = ssl.get_server_certificate(("127.0.0.1", server.api_port))
+    fetcher.set_fingerprint(hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest())
+    return fetcher
+
+
+async def test_fetch_refuses_a_server_with_another_certificate(served, tmp_path):
+    """The token goes only to the server whose certificate the stream pinned."""
+    server, token, files = served
+    data, sha = files["small.bin"]
+    fetcher = Fetcher(server.url, token, tmp_path / "partial")
+    fetcher.set_fingerprint("0" * 64)
+    try:
+        with pytest.raises(CertificateMismatch, match="not sending the token"):
+            await fetcher.fetch("/api/v3/files/small.bin", tmp_path / "small.bin", sha)
+        assert not (tmp_path / "small.bin").exists()
+    finally:
+        await fetcher.aclose()
+
+
 async def test_fetch_verifies_and_installs(served, tmp_path):
     server, token, files = served
     data, sha = files["big.bin"]
-    fetcher = Fetcher(server.url, token, tmp_path / "partial")
+    fetcher = fetcher_for(server, token, tmp_path / "partial")
     try:
         dest = tmp_path / "out" / "big.bin"
         assert await fetcher.fetch("/api/v3/files/big.bin", dest, sha, 0o640) == (BIG, sha)
@@ -54,7 +78,7 @@ async def test_fetch_resumes_or_restarts_a_partial_download(served, tmp_path, le
     partial_dir = tmp_path / "partial"
     partial_dir.mkdir()
     (partial_dir / sha).write_bytes(data[:3 << 20] if left == "prefix" else b"\0" * 1000)
-    fetcher = Fetcher(server.url, token, partial_dir)
+    fetcher = fetcher_for(server, token, partial_dir)
     try:
         await fetcher.fetch("/api/v3/files/big.bin", tmp_path / "big.bin", sha)
         assert (tmp_path / "big.bin").read_bytes() == data
@@ -66,7 +90,7 @@ async def test_stage_then_install_and_sweep(served, tmp_path):
     server, token, files = served
     data, sha = files["small.bin"]
     partial_dir = tmp_path / "partial"
-    fetcher = Fetcher(server.url, token, partial_dir)
+    fetcher = fetcher_for(server, token, partial_dir)
     try:
         size, got, staged = await fetcher.stage("/api/v3/files/small.bin", sha)
         assert (size, got) == (len(data), sha) and staged.name.endswith(".staged")
@@ -98,7 +122,7 @@ async def test_cancelled_fetch_never_installs_and_resumes_later(served, tmp_path
     data, sha = files["big.bin"]
     partial_dir = tmp_path / "partial"
     dest = tmp_path / "big.bin"
-    fetcher = Fetcher(server.url, token, partial_dir)
+    fetcher = fetcher_for(server, token, partial_dir)
     with trio.CancelScope() as scope:
         await fetcher.fetch("/api/v3/files/big.bin", dest, sha,
                             progress=_CancelOnFirstBytes(scope))
@@ -109,7 +133,7 @@ async def test_cancelled_fetch_never_installs_and_resumes_later(served, tmp_path
             await trio.sleep(0.01)
     assert not dest.exists()  # given up on: never put in place afterwards
     assert 0 < (partial_dir / sha).stat().st_size < BIG  # kept, to be resumed
-    again = Fetcher(server.url, token, partial_dir)
+    again = fetcher_for(server, token, partial_dir)
     try:
         await again.fetch("/api/v3/files/big.bin", dest, sha)
         assert dest.read_bytes() == data

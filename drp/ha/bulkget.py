@@ -7,12 +7,17 @@ client spends ~45 µs of Python (httpcore, h11, re-chunking) on every 16 KiB rec
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import ssl
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import quote, urlsplit
+
+class CertificateMismatch(ssl.SSLError):
+    pass
+
 
 # Characters a path keeps as they are (RFC 3986 pchar and "/"); the rest is percent-encoded.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
@@ -29,20 +34,41 @@ class Pool:
         self.prefix = url.path.rstrip("/")
         self.headers = headers
         self.timeout = timeout
-        # As the API client: a Bearer token over TLS, the active's certificate not verified
-        # here (the replication stream pins it).
+        # Self-signed certificates are the default: instead of a CA, every connection must
+        # present the certificate the replication stream pinned (set_fingerprint), checked
+        # before the token is sent.
         self.ssl_context = ssl.create_default_context()
         self.ssl_context.check_hostname = False
         self.ssl_context.verify_mode = ssl.CERT_NONE
+        self.fingerprint: str | None = None  # sha256 of the active's certificate (DER)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
 
+    def set_fingerprint(self, fingerprint: str) -> None:
+        """Only talk to a server with this certificate from now on (idle connections to
+        another are dropped)."""
+        with self._lock:
+            if fingerprint == self.fingerprint:
+                return
+            self.fingerprint, idle, self._idle = fingerprint, self._idle, []
+        for conn in idle:
+            conn.close()
+
     def _connect(self) -> http.client.HTTPConnection:
-        if self.https:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                               context=self.ssl_context)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        if not self.https:
+            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                           context=self.ssl_context)
+        conn.connect()
+        seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True) or b"").hexdigest()
+        if seen != self.fingerprint:
+            conn.close()
+            raise CertificateMismatch(
+                f"{self.host}:{self.port} presented a certificate (sha256 {seen[:16]}…) other "
+                f"than the active's the replication stream pinned "
+                f"({(self.fingerprint or 'none yet')[:16]}…): not sending the token there")
+        return conn
 
     def _send(self, conn, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
         conn.request("GET", quote(self.prefix + url, safe=_PATH_SAFE),

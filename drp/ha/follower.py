@@ -194,6 +194,7 @@ class Follower:
                 f"{pinned[:16]}…, now {fingerprint[:16]}…): if that is expected, remove the "
                 f"pin with `sqlite3 {self.store.path} \"DELETE FROM local WHERE name='{key}'\"`",
                 "certificate"))
+        self.fetcher.set_fingerprint(fingerprint)  # bulk downloads: this server only
 
     async def _full(self, ws, divergent: bool) -> None:
         msg = p.decode(await ws.get_message())

@@ -133,6 +133,11 @@ class Fetcher:
         self._closing = False
         self._count_lock = threading.Lock()
 
+    def set_fingerprint(self, fingerprint: str) -> None:
+        """The sha256 of the active's TLS certificate, as the replication stream pinned it:
+        downloads go to that server only."""
+        self.client.set_fingerprint(fingerprint)
+
     async def aclose(self) -> None:
         """Close the connections now, or, if a fetch thread given up on still runs, when the
         last one ends (it notices `stop` at its next read)."""
