@@ -56,18 +56,24 @@ class Pool:
             conn.close()
 
     def _connect(self) -> http.client.HTTPConnection:
+        """A new connection, tagged with the fingerprint it was checked against: it is
+        pooled only while that is still the one to trust."""
+        expected = self.fingerprint
         if not self.https:
-            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn.checked_fingerprint = expected
+            return conn
         conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
                                            context=self.ssl_context)
         conn.connect()
         seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True) or b"").hexdigest()
-        if seen != self.fingerprint:
+        if seen != expected:
             conn.close()
             raise CertificateMismatch(
                 f"{self.host}:{self.port} presented a certificate (sha256 {seen[:16]}…) other "
                 f"than the active's the replication stream pinned "
-                f"({(self.fingerprint or 'none yet')[:16]}…): not sending the token there")
+                f"({(expected or 'none yet')[:16]}…): not sending the token there")
+        conn.checked_fingerprint = expected
         return conn
 
     def _send(self, conn, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
@@ -89,6 +95,9 @@ class Pool:
                 resp = self._send(conn, url, headers)
             except (OSError, http.client.HTTPException):
                 conn.close()  # the active closed it while it was idle: once more, afresh
+            except BaseException:
+                conn.close()
+                raise
         if resp is None:
             conn = self._connect()
             try:
@@ -99,9 +108,11 @@ class Pool:
         try:
             yield resp
         finally:
-            reusable = resp.isclosed() and not resp.will_close
+            # Read to its end (a body cut short leaves `length` > 0), the server keeping it.
+            reusable = resp.isclosed() and not resp.will_close and not resp.length
             with self._lock:
-                if reusable and not self._closed:
+                if reusable and not self._closed and \
+                        conn.checked_fingerprint == self.fingerprint:
                     self._idle.append(conn)
                     conn = None
             if conn is not None:

@@ -22,7 +22,8 @@ from drp.ha.bulkget import Pool
 from drp.metrics import CATCHUP_BYTES
 
 log = logging.getLogger("drp.ha.transfer")
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # hashed and written at a time
+STEP = 64 << 10  # read at a time
 # A download silent this long is given up (and resumed by the next attempt). It also bounds how
 # long the thread of a cancelled fetch can keep its partial file when the active went silent.
 READ_TIMEOUT = 15.0
@@ -239,6 +240,9 @@ class Fetcher:
                 claimed = resp.getheader("X-DRP-SHA256SUM", "")
                 if resp.status == 200:
                     offset = 0
+                elif not resp.getheader("Content-Range", "").startswith(f"bytes {offset}-"):
+                    partial.unlink(missing_ok=True)  # not the rest of our partial: restart
+                    raise _Corrupt()
                 hasher = _hash_prefix(partial) if offset else hashlib.sha256()
                 if progress and offset:
                     progress.add(offset)
@@ -267,20 +271,34 @@ class Fetcher:
 
 def _receive(resp, partial: Path, offset: int, hasher, progress: Progress | None,
              stop: threading.Event) -> None:
-    """The response body appended to (or, from offset 0, written as) the partial file."""
+    """The response body appended to (or, from offset 0, written as) the partial file: read
+    STEP bytes at a time (a fetch given up on notices soon, even on a slow link), hashed and
+    written a CHUNK at a time. A body cut short raises and keeps the partial file."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     with open(partial, "ab" if offset else "wb") as f:
-        while n := resp.readinto(view):  # fills the buffer, short only at the end
-            if stop.is_set():
-                raise Cancelled()
-            hasher.update(view[:n])
-            f.write(view[:n])
-            CATCHUP_BYTES.inc(n)
-            if progress:
-                progress.add(n)
+        while True:
+            filled = 0
+            while filled < CHUNK:
+                if stop.is_set():
+                    raise Cancelled()
+                n = resp.readinto(view[filled:filled + STEP])
+                if not n:
+                    break
+                filled += n
+            if filled:
+                hasher.update(view[:filled])
+                f.write(view[:filled])
+                CATCHUP_BYTES.inc(filled)
+                if progress:
+                    progress.add(filled)
+            if filled < CHUNK:
+                break
         f.flush()
         os.fsync(f.fileno())
+    if resp.length:  # http.client's readinto returns 0 when the peer closed early
+        raise TransferError(f"the active closed the connection with {resp.length} bytes of "
+                            "the file still to come; the download resumes from here")
 
 
 class _Corrupt(Exception):
