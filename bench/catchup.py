@@ -7,11 +7,11 @@ blobs over HTTPS) is loaded with ISOs and files (--quick: 256 MiB) and objects (
 loaded as content bundles plus a few thousand concurrent POSTs, not timed). Then a fresh
 passive joins; from its log: the bytes it fetched and how long the catch-up took, and how long
 the objects took (snapshot download + install); --joins fresh passives join one after another
-(the median is reported, with every ratio). In the same run, before and after each join, a
+(the median join against the median raw copy is reported). In the same run, before and after each join, a
 plain socket copy of the
 same bytes (the active's blob files and a file the size of the snapshot) over loopback, from a
 Python sender reading them to a receiver process writing them to disk (fsync per file, as the
-passive does). Before them, file data three times the size is written and deleted, so that
+passive does). Before them, file data six times the size is written and deleted, so that
 every side writes into page cache the machine has used before (see touch_memory). Also the
 passive's peak RSS (VmHWM). The last line of output is one JSON object.
 """
@@ -26,6 +26,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -216,7 +217,7 @@ def run(workdir: Path, blob_bytes: int, objects: int, rounds: int) -> dict:
         db.execute("VACUUM INTO ?", (str(snap_stand_in),))
         db.close()
         os.sync()  # the load's dirty pages would slow the first raw copy's fsyncs
-        touch_memory(workdir, 3 * sum(f.stat().st_size for f in [snap_stand_in, *files]))
+        touch_memory(workdir, 6 * sum(f.stat().st_size for f in [snap_stand_in, *files]))
         raw_copy([snap_stand_in, *files], workdir / "raw")  # warm-up
         raws = [raw_copy([snap_stand_in, *files], workdir / "raw")]
         joins = []
@@ -236,22 +237,22 @@ def run(workdir: Path, blob_bytes: int, objects: int, rounds: int) -> dict:
             raws.append(raw_copy([snap_stand_in, *files], workdir / "raw"))
     finally:
         cluster.stop_all()
-    ratios, rates = [], []
+    rates = []
     for i, (timing, *_rest) in enumerate(joins):
-        fetched = int(timing[0]) + int(timing[3])
-        rates.append(fetched / float(timing[7]))
+        rates.append((int(timing[0]) + int(timing[3])) / float(timing[7]))
         around = raws[i:i + 2]  # the raw copies just before and just after this join
-        ratios.append(rates[-1] / (sum(b for b, _ in around) / sum(t for _, t in around)))
         print(f"join {i + 1}: {rates[-1] / 1e6:.0f} MB/s; raw copies around it "
-              f"{', '.join(f'{b / t / 1e6:.0f}' for b, t in around)} MB/s; ratio {ratios[-1]:.3f}",
-              flush=True)
-    mid = sorted(range(len(joins)), key=lambda k: ratios[k])[len(joins) // 2]  # the median join
+              f"{', '.join(f'{b / t / 1e6:.0f}' for b, t in around)} MB/s", flush=True)
+    # Medians on both sides: one copy or join slowed by something else does not decide it.
+    mid = sorted(range(len(joins)), key=lambda k: rates[k])[len(joins) // 2]  # the median join
     (snap_b, snap_s, nblobs, blob_b, files_s, n_obj, install_s, total_s), in_sync_s, _, _ = joins[mid]
-    raw_rate = sum(b for b, _ in raws) / sum(t for _, t in raws)
+    raw_rate = statistics.median(b / t for b, t in raws)
     return {"bench": "catchup", "joins": len(joins), "bytes": int(snap_b) + int(blob_b),
             "seconds": round(float(total_s), 3), "bytes_per_s": round(rates[mid]),
-            "raw_tcp_bytes_per_s": round(raw_rate), "ratio": round(ratios[mid], 3),
-            "ratios": [round(r, 3) for r in ratios], "objects": int(n_obj),
+            "raw_tcp_bytes_per_s": round(raw_rate), "ratio": round(rates[mid] / raw_rate, 3),
+            "join_bytes_per_s": [round(r) for r in rates],
+            "raw_tcp_runs_bytes_per_s": [round(b / t) for b, t in raws],
+            "objects": int(n_obj),
             "objects_seconds": round(float(snap_s) + float(install_s), 3),
             "snapshot_bytes": int(snap_b), "snapshot_seconds": float(snap_s),
             "install_seconds": float(install_s), "blobs": int(nblobs),
