@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import quote, urlsplit
 
+
 class CertificateMismatch(ssl.SSLError):
-    pass
+    """The server is not the active whose certificate the replication stream pinned."""
 
 
 # Characters a path keeps as they are (RFC 3986 pchar and "/"); the rest is percent-encoded.
