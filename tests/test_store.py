@@ -545,3 +545,31 @@ def test_recent_log_holds_a_bounded_contiguous_tail():
     assert log.after(8, 10) is None and log.after(9, 10) == [(10, "j")]
     log.remember([(12, "l")])  # a gap: start over
     assert log.after(9, 10) is None and log.after(11, 10) == [(12, "l")]
+
+
+async def test_change_log_is_trimmed_to_retention_when_the_head_passes_a_thousand(store, tmp_path):
+    store.retention = 10
+
+    def many(n):
+        def fn(tx):
+            for i in range(n):
+                tx.record("profiles", f"t{tx.head}", "create", {"Name": f"t{tx.head}"})
+        return fn
+    await store.write(many(990))
+    assert await store.oldest_seq() == 1  # not yet: the head is below 1000
+    await store.write(many(20))  # the head passes 1000: the last 10 are kept
+    assert await store.oldest_seq() == store.head - 9
+    source = Store(tmp_path / "trim-source.db")  # keeps everything, to feed a passive
+    replica = Store(tmp_path / "trim-replica.db")  # a passive trims the same way
+    replica.retention = 10
+    try:
+        await source.write(promote(1))
+        await source.write(many(1009))
+        for start in range(0, source.head, 100):
+            await replica.apply_replicated(await source.entries_after(start, limit=100))
+        assert replica.head == source.head == 1010
+        # trimmed when its head passed 1000 (to the 10 before it), not again since
+        assert await replica.oldest_seq() == 1000 - 9
+    finally:
+        source.close()
+        replica.close()

@@ -178,7 +178,8 @@ def _write_all(fd: int, hasher, pieces: list[bytes]) -> int:
     return written
 
 
-def _hash_existing(fd: int, hasher) -> int:
+def hash_existing(fd: int, hasher) -> int:
+    """Feed the rest of an open file to `hasher`; returns the bytes read."""
     size = 0
     while chunk := os.read(fd, CHUNK):
         hasher.update(chunk)
@@ -196,7 +197,7 @@ async def stage(target: Path, chunks: AsyncIterable[bytes], *,
     fd = await trio.to_thread.run_sync(os.open, tmp, flags, 0o600)
     hasher = hashlib.sha256()
     try:
-        size = await trio.to_thread.run_sync(_hash_existing, fd, hasher) if tmp == resume else 0
+        size = await trio.to_thread.run_sync(hash_existing, fd, hasher) if tmp == resume else 0
         pending: list[bytes] = []
         pending_size = 0
         async for chunk in chunks:
@@ -296,7 +297,7 @@ def file_sha256(path: Path) -> tuple[int, str]:
     """(size, sha256 hex) of a file on disk."""
     hasher = hashlib.sha256()
     with open(path, "rb") as f:
-        size = _hash_existing(f.fileno(), hasher)
+        size = hash_existing(f.fileno(), hasher)
     return size, hasher.hexdigest()
 
 

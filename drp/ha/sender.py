@@ -7,7 +7,6 @@ write at or below it (group commit).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -16,6 +15,7 @@ from pathlib import Path
 import trio
 
 from drp import __version__
+from drp.blob import storage
 from drp.errors import ApiError
 from drp.ha import protocol as p
 from drp.metrics import SYNC_WAIT
@@ -27,14 +27,6 @@ BATCH_BYTES = 4 << 20  # keep frames well under the passive's message limit
 HEARTBEAT = 1.0
 CLOSE_GRACE = 0.05  # after ending the sessions at a handover, before the VIP goes
 HELLO_TIMEOUT = 10.0
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Hub:
@@ -206,7 +198,7 @@ class Hub:
         self.snapshots[snap_id] = path
         try:
             seq = await self.store.snapshot_into(path)
-            sha = await trio.to_thread.run_sync(_sha256_file, path)
+            _, sha = await trio.to_thread.run_sync(storage.file_sha256, path)
             self._sync_head()
             self.tracker.add(pid, address, 1)
             await ws.send(p.encode(p.Snapshot(seq, snap_id, path.stat().st_size, sha)))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from drp.blob.storage import fsync_dir
 from drp.ha import vip
 
 log = logging.getLogger("drp.ha")
@@ -45,11 +46,7 @@ def write_state(base_root: Path, passive: bool) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(base_root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(base_root)
 
 
 def _warm_up() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from drp.blob.storage import fsync_dir
+from drp.blob.storage import fsync_dir, hash_existing
 from drp.ha.bulkget import Pool
 from drp.metrics import CATCHUP_BYTES
 
@@ -35,14 +35,6 @@ class TransferError(Exception):
 
 class Gone(TransferError):
     """The active no longer has the file (deleted after the snapshot); a later entry says so."""
-
-
-def _hash_prefix(path: Path) -> "hashlib._Hash":
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h
 
 
 class Progress:
@@ -243,7 +235,10 @@ class Fetcher:
                 elif not resp.getheader("Content-Range", "").startswith(f"bytes {offset}-"):
                     partial.unlink(missing_ok=True)  # not the rest of our partial: restart
                     raise _Corrupt()
-                hasher = _hash_prefix(partial) if offset else hashlib.sha256()
+                hasher = hashlib.sha256()
+                if offset:  # resumed: what we hold already counts
+                    with open(partial, "rb") as f:
+                        hash_existing(f.fileno(), hasher)
                 if progress and offset:
                     progress.add(offset)
                 _receive(resp, partial, offset, hasher, progress, stop)

@@ -52,7 +52,6 @@ class Store:
         self.refuse_writes: str | None = None
         self.commit_hooks: list[CommitHook] = []
         self.listeners: list[Callable[[list[dict]], None]] = []
-        self.writes_since_trim = 0
         self.retention = 100_000
         # Bumped (on the event loop) once committed changes of a kind are visible; readers
         # that cache objects (the authenticator: users, the token secret) compare versions.
@@ -70,8 +69,7 @@ class Store:
         moved = head != self.head
         self.head, self.epoch = head, epoch
         if moved:
-            self._head_changed.set()
-            self._head_changed = trio.Event()
+            self.wake_head_waiters()
 
     def version(self, kind: str) -> tuple[int, int]:
         """Changes whenever committed data of `kind` may have changed."""
@@ -260,7 +258,6 @@ class Store:
                     self.recent.remember(wire)
                     self._bump_versions(changes)
                     self._set_position(changes[-1]["seq"], self.epoch_after(changes))
-                    self.writes_since_trim += len(changes)
         except BaseException as e:
             for job in group:
                 if job.error is None and not job.changes:
@@ -277,11 +274,7 @@ class Store:
         return max([self.epoch, *promotes])
 
     def _run_group(self, group: list[Job]) -> tuple[list[dict], list[tuple[int, str]]]:
-        trim = self.retention if self.writes_since_trim >= 1000 else None
-        changes, wire, trimmed = run_group(self._writer_conn, group, self.head, self.epoch, trim)
-        if trimmed:
-            self.writes_since_trim = 0
-        return changes, wire
+        return run_group(self._writer_conn, group, self.head, self.epoch, self.retention)
 
     def _notify(self, changes: list[dict]) -> None:
         for listener in list(self.listeners):

@@ -17,6 +17,7 @@ from pathlib import Path
 from drp.store.apply import apply_change, wire_text
 
 MAX_GROUP = 128  # writes committed together at most
+TRIM_EVERY = 1000  # the change log is trimmed each time the head passes a multiple of this
 
 
 class Tx:
@@ -61,33 +62,36 @@ class Job:
         self.taken = self.done = False
 
 
+def trim_if_due(conn: sqlite3.Connection, before: int, head: int, retention: int) -> None:
+    """Keep the last `retention` entries of the change log, once the head moved from `before`
+    past a multiple of TRIM_EVERY."""
+    if head // TRIM_EVERY != before // TRIM_EVERY:
+        conn.execute("DELETE FROM changes WHERE seq <= ?", (head - retention,))
+
+
 def run_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
-              trim_retention: int | None) -> tuple[list[dict], list[tuple[int, str]], bool]:
+              retention: int) -> tuple[list[dict], list[tuple[int, str]]]:
     """Run every job of the group in one transaction, each in a savepoint; fills in each job's
-    result/error/changes. Returns the committed changes in order, their wire texts, and
-    whether the log was trimmed (to trim_retention entries, when given)."""
+    result/error/changes. Returns the committed changes in order and their wire texts."""
     conn.execute("BEGIN IMMEDIATE")
     tx = Tx(conn, head, epoch)
-    trimmed = False
     try:
         for job in group:
-            head, epoch, mark = tx.head, tx.epoch, len(tx.changes)
+            job_head, job_epoch, mark = tx.head, tx.epoch, len(tx.changes)
             conn.execute("SAVEPOINT job")
             try:
                 job.result = job.fn(tx)
             except Exception as e:  # this job alone fails: undo it, seqs included
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
-                tx.head, tx.epoch = head, epoch
+                tx.head, tx.epoch = job_head, job_epoch
                 del tx.changes[mark:]
                 del tx.wire[mark:]
                 job.error = e
                 continue
             conn.execute("RELEASE job")
             job.changes = tx.changes[mark:]
-        if trim_retention is not None and tx.changes:
-            conn.execute("DELETE FROM changes WHERE seq <= ?", (tx.head - trim_retention,))
-            trimmed = True
+        trim_if_due(conn, head, tx.head, retention)
         conn.execute("COMMIT")
     except BaseException as e:  # the commit itself failed: nothing of the group holds
         # On an I/O error or a full disk SQLite may have rolled back already.
@@ -98,8 +102,8 @@ def run_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
                 job.error, job.result, job.changes = e, None, []
         if not isinstance(e, Exception):
             raise
-        return [], [], False
-    return tx.changes, tx.wire, trimmed
+        return [], []
+    return tx.changes, tx.wire
 
 
 def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
@@ -132,8 +136,8 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
             conn.execute("PRAGMA synchronous=FULL")
         if not synced:  # failed mid-batch: what did commit is made durable all the same
             fsync_path(Path(f"{db_path}-wal"))
-    if entries and entries[-1]["seq"] % 1000 < len(entries):
-        conn.execute("DELETE FROM changes WHERE seq <= ?", (entries[-1]["seq"] - retention,))
+    if entries:
+        trim_if_due(conn, entries[0]["seq"] - 1, entries[-1]["seq"], retention)
 
 
 def fsync_path(path: Path) -> None:
