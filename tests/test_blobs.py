@@ -81,6 +81,12 @@ def test_range_if_none_match_and_if_range(drp):
         assert r.status_code == 206 and r.content == data[5:]
         r = c.get("/files/r.bin", headers={"Range": "bytes=5-", "If-Range": '"SHA256:00"'})
         assert r.status_code == 200 and r.content == data
+        # Files up to 64 KiB are read whole when opened; larger ones are streamed: both range.
+        big = os.urandom(200_000)
+        assert c.post("/files/big.bin", content=big).status_code == 201
+        r = c.get("/files/big.bin", headers={"Range": "bytes=70000-70009"})
+        assert r.status_code == 206 and r.content == big[70000:70010]
+        assert c.get("/files/big.bin").content == big
 
 
 def test_isos_and_plugin_providers(drp):

@@ -95,9 +95,11 @@ async def upload(area: str, rel: str, model: str) -> dict:
 
 
 async def download(area: str, rel: str, model: str) -> Response:
-    path, target = await _checked(area, rel, model)
     try:
-        opened = await open_blob(_store(), target, path)
+        path, base = storage.blob_path(area, rel), _base()
+        opened = await open_blob(_store(), lambda: storage.safe_path(base, path), path)
+    except PathError as e:
+        raise _api_error(e, model, rel) from None
     except (FileNotFoundError, NotADirectoryError):
         raise _not_found(model, rel) from None
     return blob_response(request, opened, model=model, key=rel)

@@ -85,15 +85,14 @@ async def blob(path: str):
     _require_superuser("ha")
     store, base = current_app.node.store, current_app.node.cfg.base_root
     try:
-        target = storage.safe_path(base, path)
-        opened = await open_blob(store, target, path)
+        opened = await open_blob(store, lambda: storage.safe_path(base, path), path)
     except storage.PathError as e:
         raise ApiError(e.code, str(e), model="ha", key=path) from None
     except FileNotFoundError:
         raise ApiError(404, f"{path} not found", model="ha", key=path,
                        type_="NotFound") from None
-    row = await store.blob(path)
-    size = row["size"] if row and path.startswith("job-logs/") else None
+    # A job log is served up to its recorded size: an append may be past it on disk already.
+    size = opened.recorded_size if path.startswith("job-logs/") else None
     return blob_response(request, opened, model="ha", key=path, size=size)
 
 

@@ -66,11 +66,10 @@ def create_static_app(node) -> QuartTrio:
         try:
             clean = storage.clean_relpath(rel)
             target = root.joinpath(*clean.split("/"))
-            await trio.to_thread.run_sync(storage.check_inside, root, target)
+            opened = await open_blob(node.store, lambda: storage.check_inside(root, target),
+                                     _blob_key(clean))
         except storage.PathError as e:
             return _error(e.code, str(e), rel)
-        try:
-            opened = await open_blob(node.store, target, _blob_key(clean))
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             return _error(404, f"{clean} not found", clean)
         return blob_response(request, opened, model="files", key=clean)

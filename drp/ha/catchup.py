@@ -66,7 +66,11 @@ class LocalBlobs:
     def note(self, path: str, sha: str) -> None:
         stamp = _stamp(storage.disk_path(self.base, path))
         if stamp:
-            self.node.store.local_set_sync(f"sha:{path}", f"{stamp}:{sha}")
+            # A hint, written without waiting for the disk: should the machine crash before it
+            # gets there, known_sha hashes the file instead. That saves a third of the fsyncs
+            # per fetched file (measured here: ~5% on a catch-up of 1 MiB files; more on disks
+            # where an fsync is dear).
+            self.node.store.local_set_sync(f"sha:{path}", f"{stamp}:{sha}", durable=False)
 
     def on_disk(self) -> set[str]:
         found = set()
@@ -108,7 +112,8 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
                 continue
             need.append((path, size, sha, mode))
         return need
-    need = await trio.to_thread.run_sync(plan)
+    # Largest first, so the last fetches to finish are small ones and every slot stays busy.
+    need = sorted(await trio.to_thread.run_sync(plan), key=lambda n: -n[1])
     progress.phase = "catch-up (files)"
     progress.bytes_total += sum(n[1] for n in need)
     log.info("catch-up: snapshot at seq %d with %d objects and %d blobs; fetching %d blobs "

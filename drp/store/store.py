@@ -32,6 +32,13 @@ log = logging.getLogger("drp.store")
 CommitHook = Callable[[int], Any]  # async fn(last_seq): e.g. wait for synchronous replicas
 
 
+def blob_row(conn: sqlite3.Connection, path: str) -> dict | None:
+    """The blobs row of path (in a worker thread, on a reader connection)."""
+    row = conn.execute("SELECT path, size, sha256, mode, time FROM blobs WHERE path=?",
+                       (path,)).fetchone()
+    return dict(zip(("path", "size", "sha256", "mode", "time"), row)) if row else None
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -142,11 +149,7 @@ class Store:
         return [json.loads(r[0]) for r in rows]
 
     async def blob(self, path: str) -> dict | None:
-        def q(conn):
-            row = conn.execute("SELECT path, size, sha256, mode, time FROM blobs WHERE path=?",
-                               (path,)).fetchone()
-            return dict(zip(("path", "size", "sha256", "mode", "time"), row)) if row else None
-        return await self.read(q)
+        return await self.read(lambda conn: blob_row(conn, path))
 
     async def wire_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str]]:
         """(seq, replication wire text) of the entries after seq: from memory when they were
@@ -187,9 +190,18 @@ class Store:
                                            (name,)).fetchone()
         return row[0] if row else None
 
-    def local_set_sync(self, name: str, value: str) -> None:
+    def local_set_sync(self, name: str, value: str, durable: bool = True) -> None:
+        """durable=False: no fsync; the value survives a crash of this process but maybe not of
+        the machine. For hints that are cheap to work out again."""
         with self._local_lock:
-            self._local_conn.execute("INSERT OR REPLACE INTO local VALUES (?,?)", (name, value))
+            conn = self._local_conn
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute("INSERT OR REPLACE INTO local VALUES (?,?)", (name, value))
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
 
     async def local_get(self, name: str) -> str | None:
         return await trio.to_thread.run_sync(self.local_get_sync, name)
