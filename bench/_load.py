@@ -7,6 +7,7 @@ can per request: no HTTP library, a hand-written request line and a minimal resp
 """
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import statistics
@@ -178,3 +179,10 @@ def status_kib(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 from bench import _load
-from bench.replication import cpu_seconds
 from tests.drpserver import REPO, DrpServer, clean_environ, free_port
 from tests.hacluster import make_token
 
@@ -84,9 +83,9 @@ def run(workdir: Path, clients: int, seconds: float, slice_s: float, objects: in
             port, pid = targets[name]
 
             def go(secs: float) -> dict:
-                cpu0 = cpu_seconds(pid)
+                cpu0 = _load.cpu_seconds(pid)
                 r = _load.run("127.0.0.1", port, headers, clients, secs, get_step(names))
-                r["cpu"] = cpu_seconds(pid) - cpu0
+                r["cpu"] = _load.cpu_seconds(pid) - cpu0
                 return r
             return go
         for name in targets:  # warm up: worker threads, their connections, caches

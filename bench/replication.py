@@ -24,13 +24,6 @@ from bench import _load
 from tests.drpserver import DrpServer
 from tests.hacluster import Cluster, make_token, wait_in_sync
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
 
 def writer_step(tag: str):
     """Even steps create profile <tag>-<client>-<n>, odd steps patch the one just made."""
@@ -51,10 +44,10 @@ def writer_step(tag: str):
 
 def measure(server: DrpServer, pids: list[int], token: str, clients: int, seconds: float,
             tag: str) -> dict:
-    before = [cpu_seconds(p) for p in pids]
+    before = [_load.cpu_seconds(p) for p in pids]
     out = _load.run("127.0.0.1", server.api_port, {"Authorization": f"Bearer {token}"},
                     clients, seconds, writer_step(tag))
-    out["cpu"] = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+    out["cpu"] = [_load.cpu_seconds(p) - b for p, b in zip(pids, before)]
     return out
 
 
