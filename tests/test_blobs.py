@@ -346,6 +346,26 @@ def test_job_log_torn_tail_is_dropped(drp_factory):
     assert (drp.base_root / "job-logs" / job).read_bytes() == b"committed\nnext\n"
 
 
+
+def test_ha_blobs_serves_what_the_store_records(drp):
+    """/api/v3/ha/blobs (what a catching-up passive fetches): the bytes with their sha256, a
+    job log only up to its recorded size, 404 for what is not a file."""
+    data = os.urandom(100_000)
+    with drp.client() as c:
+        c.post("/files/pxe/k.img", content=data).raise_for_status()
+        job = c.post("/jobs", json={"Machine": "m"}).json()["Uuid"]
+        c.put(f"/jobs/{job}/log", content=b"committed\n").raise_for_status()
+        r = c.get("/ha/blobs/files/pxe/k.img")
+        assert r.status_code == 200 and r.content == data
+        assert r.headers["X-DRP-SHA256SUM"] == sha(data)
+        with open(drp.base_root / "job-logs" / job, "ab") as f:  # an append not yet committed
+            f.write(b"in flight")
+        r = c.get(f"/ha/blobs/job-logs/{job}")
+        assert r.status_code == 200 and r.content == b"committed\n"
+        for missing in ("files/pxe/nope", "files/pxe/k.img/under-a-file", "files/pxe"):
+            r = c.get(f"/ha/blobs/{missing}")
+            assert r.status_code == 404 and r.json()["Model"] == "ha", missing
+
 def test_stale_temp_files_are_swept_at_start(drp_factory):
     drp = drp_factory("sweep", start=False)
     isos = drp.base_root / "tftpboot/isos"
