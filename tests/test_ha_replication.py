@@ -1,6 +1,7 @@
 """HA replication between real dr-provision processes on loopback (issue 4)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -123,6 +124,42 @@ def test_full_catchup_behind_retention_and_resume(cluster):
     assert kept[-1] >= finished, b.logs()
     assert_same_data(a, b)
 
+
+
+def test_full_catchup_replaces_changed_files_and_drops_deleted_ones(cluster):
+    """A passive that was away while files changed, vanished and appeared takes a full
+    catch-up: the changed file (same size, other bytes) is fetched aside and swapped in with
+    the rows, the deleted one removed, the new one fetched; nothing is left aside."""
+    a = cluster.node("a", passive=False, extra=["--ha-log-retention", "5"])
+    b = cluster.node("b", passive=True)
+    v1, v2 = os.urandom(3000), os.urandom(3000)
+    with http(a, cluster.token) as c:
+        for name, data in (("keep", os.urandom(2000)), ("change", v1), ("gone", b"bye")):
+            c.post(f"/files/away/{name}.bin", content=data).raise_for_status()
+    wait_in_sync(a, cluster.token, 1)
+    assert_same_data(a, b)
+    b.stop()
+    with http(a, cluster.token) as c:
+        c.post("/files/away/change.bin", content=v2).raise_for_status()
+        c.delete("/files/away/gone.bin").raise_for_status()
+        c.post("/files/away/new.bin", content=b"hello").raise_for_status()
+        for i in range(1200):  # enough writes for the log to be trimmed past b's position
+            c.post("/profiles", json={"Name": f"away{i}"}).raise_for_status()
+    mark = len(b.logs())
+    cluster.start(b)
+    wait_in_sync(a, cluster.token, 1, timeout=60)
+    assert_same_data(a, b)
+    logs = b.logs()[mark:]
+    assert "fetching 2 blobs" in logs and "keeping 1" in logs, logs[-3000:]
+    assert "removed 1 files the active does not have" in logs, logs[-3000:]
+    files = b.base_root / "tftpboot" / "files" / "away"
+    assert (files / "change.bin").read_bytes() == v2 and not (files / "gone.bin").exists()
+    assert (files / "new.bin").read_bytes() == b"hello"
+    assert not list((b.base_root / "ha" / "partial").glob("*")), "left aside"
+    with http(b, cluster.token) as c:
+        r = c.get("/files/away/change.bin")
+        assert r.content == v2
+        assert r.headers["X-DRP-SHA256SUM"] == hashlib.sha256(v2).hexdigest()
 
 def test_stream_resume_drops_files_a_crash_left_uncommitted(cluster):
     """Bytes land before their row commits; a node killed in between keeps bytes no log entry
