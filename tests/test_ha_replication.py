@@ -128,8 +128,8 @@ def test_full_catchup_behind_retention_and_resume(cluster):
 
 def test_full_catchup_replaces_changed_files_and_drops_deleted_ones(cluster):
     """A passive that was away while files changed, vanished and appeared takes a full
-    catch-up: the changed file (same size, other bytes) is fetched aside and swapped in with
-    the rows, the deleted one removed, the new one fetched; nothing is left aside."""
+    catch-up: the changed file (same size, other bytes) is fetched again, the deleted one
+    removed, the new one fetched; nothing is left in the partial directory."""
     a = cluster.node("a", passive=False, extra=["--ha-log-retention", "5"])
     b = cluster.node("b", passive=True)
     v1, v2 = os.urandom(3000), os.urandom(3000)

@@ -2,14 +2,8 @@
 
 The snapshot's own `blobs` table is the manifest (path, size, sha256). A blob we already hold
 with the same sha256 is kept; one fetched earlier by an interrupted catch-up is recognised from
-the sha256 we noted for it (by size and mtime), so a restart does not copy it again.
-
-A file new to this node goes straight into place (no row names it yet). One we hold with other
-bytes is fetched aside, and swapped in only at the end, inside the blob gate, together with the
-removal of files the manifest does not list and the installation of the snapshot's rows (one
-transaction): a reader of this node never pairs a row (its ETag) with bytes it does not
-describe. (A replacement fetched aside is fetched again if the catch-up is interrupted before
-the end; replacements are few: files that changed, or a divergent node's.)
+the sha256 we noted for it (by size and mtime), so a restart never re-copies finished blobs.
+Files the manifest does not list are removed. The snapshot is installed last, atomically.
 """
 from __future__ import annotations
 
@@ -17,13 +11,11 @@ import logging
 import os
 import sqlite3
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import trio
 
 from drp.blob import storage
-from drp.blob.gate import gate_for
 from drp.ha.transfer import Gone
 
 log = logging.getLogger("drp.ha.passive")
@@ -111,15 +103,14 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     def plan():
         need = []
         for path, size, sha, mode in manifest:
-            target = storage.disk_path(base, path)
             if not sha:  # job logs: kept when we applied the same appends (no divergence)
                 have = rows.get(path)
+                target = storage.disk_path(base, path)
                 if not divergent and have and have[0] == size and _stamp(target):
                     continue
             elif local.known_sha(path, size, rows) == sha:
                 continue
-            # A file we hold (or a row names) is replaced together with the rows (_install).
-            need.append((path, size, sha, mode, path in rows or os.path.lexists(target)))
+            need.append((path, size, sha, mode))
         return need
     # Largest first, so the last fetches to finish are small ones and every slot stays busy.
     need = sorted(await trio.to_thread.run_sync(plan), key=lambda n: -n[1])
@@ -128,42 +119,14 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     log.info("catch-up: snapshot at seq %d with %d objects and %d blobs; fetching %d blobs "
              "(%.1f MiB), keeping %d", snap.seq, objects, len(manifest), len(need),
              sum(n[1] for n in need) / 2**20, len(manifest) - len(need))
-    files_began = time.monotonic()
-    staged: dict[str, tuple[Path, int, str]] = {}  # path -> (verified bytes aside, mode, sha)
-    try:
-        await _fetch_all(fetcher, local, base, need, staged, progress)
-        listed = {m[0] for m in manifest}
-        extra = sorted((await trio.to_thread.run_sync(local.on_disk)) - listed)
-        files_s = time.monotonic() - files_began
-        progress.phase = "catch-up (installing)"
-        install_began = time.monotonic()
-        await _install(node, fetcher, local, snap_path, staged, extra)
-    finally:
-        for aside, _, _ in staged.values():  # left only when the catch-up failed
-            aside.unlink(missing_ok=True)
-    progress.objects_done = objects
-    snap_path.unlink(missing_ok=True)
-    done = time.monotonic()
-    log.info("catch-up timings: snapshot %d bytes in %.3fs, %d blobs %d bytes in %.3fs, "
-             "installed %d objects in %.3fs, total %.3fs", snap.size, snap_s, len(need),
-             sum(n[1] for n in need), files_s, objects, done - install_began, done - began)
-
-
-async def _fetch_all(fetcher, local: LocalBlobs, base: Path, need: list, staged: dict,
-                     progress) -> None:
-    """Fetch what the plan needs, PARALLEL_FETCHES at a time: new files straight into place
-    (no row names them yet), replacements aside into `staged`."""
     limiter = trio.CapacityLimiter(PARALLEL_FETCHES)
+    files_began = time.monotonic()
 
-    async def fetch_one(path, size, sha, mode, replacing):
-        url = f"/api/v3/ha/blobs/{path}"
+    async def fetch_one(path, size, sha, mode):
         async with limiter:
+            target = storage.disk_path(base, path)
             try:
-                if replacing:
-                    _, got, aside = await fetcher.stage(url, sha, progress)
-                    staged[path] = (aside, mode or 0o644, got)
-                    return
-                _, got = await fetcher.fetch(url, storage.disk_path(base, path), sha,
+                _, got = await fetcher.fetch(f"/api/v3/ha/blobs/{path}", target, sha,
                                              mode or 0o644, progress=progress)
             except Gone:
                 return  # deleted after the snapshot; the stream carries the delete
@@ -171,28 +134,22 @@ async def _fetch_all(fetcher, local: LocalBlobs, base: Path, need: list, staged:
     async with trio.open_nursery() as nursery:
         for item in need:
             nursery.start_soon(fetch_one, *item)
-
-
-async def _install(node, fetcher, local: LocalBlobs, snap_path: Path, staged: dict,
-                   extra: list[str]) -> None:
-    """Replace the files we held with other bytes, remove those the active lacks and install
-    the snapshot's rows, all inside the blob gate: a reader here never pairs a row (its ETag)
-    with bytes it does not describe."""
-    base = node.cfg.base_root
-    with ExitStack() as held:
-        gate = gate_for(node.store)
-        for path in sorted({*staged, *extra}):
-            held.enter_context(gate.writing(path))
-        for path in sorted(staged):
-            aside, mode, sha = staged[path]
-            await fetcher.install(aside, storage.disk_path(base, path), mode)
-            del staged[path]  # in place: nothing left to clean up
-            await trio.to_thread.run_sync(local.note, path, sha)
-        for path in extra:
-            await trio.to_thread.run_sync(storage.remove, storage.disk_path(base, path))
-        if extra:
-            log.info("catch-up: removed %d files the active does not have", len(extra))
-        await node.store.install_snapshot(snap_path)
+    listed = {m[0] for m in manifest}
+    extra = sorted((await trio.to_thread.run_sync(local.on_disk)) - listed)
+    for path in extra:
+        await trio.to_thread.run_sync(storage.remove, storage.disk_path(base, path))
+    if extra:
+        log.info("catch-up: removed %d files the active does not have", len(extra))
+    files_s = time.monotonic() - files_began
+    progress.phase = "catch-up (installing)"
+    install_began = time.monotonic()
+    await store.install_snapshot(snap_path)
+    progress.objects_done = objects
+    snap_path.unlink(missing_ok=True)
+    done = time.monotonic()
+    log.info("catch-up timings: snapshot %d bytes in %.3fs, %d blobs %d bytes in %.3fs, "
+             "installed %d objects in %.3fs, total %.3fs", snap.size, snap_s, len(need),
+             sum(n[1] for n in need), files_s, objects, done - install_began, done - began)
 
 
 async def remove_orphans(node) -> None:

@@ -162,11 +162,10 @@ class Fetcher:
         size, got, _ = await self._fetch(url, dest, sha256, mode, progress)
         return size, got
 
-    async def stage(self, url: str, sha256: str,
-                    progress: Progress | None = None) -> tuple[int, str, Path]:
+    async def stage(self, url: str, sha256: str) -> tuple[int, str, Path]:
         """Like fetch, but leave the verified file under a name of its own in the partial
         directory: (size, sha256, path); put it in place later with install()."""
-        return await self._fetch(url, None, sha256, 0o644, progress)
+        return await self._fetch(url, None, sha256, 0o644, None)
 
     async def install(self, staged: Path, dest: Path, mode: int) -> None:
         def run():
