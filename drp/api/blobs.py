@@ -100,7 +100,7 @@ async def download(area: str, rel: str, model: str) -> Response:
         opened = await open_blob(_store(), lambda: storage.safe_path(base, path), path)
     except PathError as e:
         raise _api_error(e, model, rel) from None
-    except (FileNotFoundError, NotADirectoryError, PermissionError):  # as the static server
+    except FileNotFoundError:
         raise _not_found(model, rel) from None
     return blob_response(request, opened, model=model, key=rel)
 

@@ -88,7 +88,7 @@ async def blob(path: str):
         opened = await open_blob(store, lambda: storage.safe_path(base, path), path)
     except storage.PathError as e:
         raise ApiError(e.code, str(e), model="ha", key=path) from None
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+    except FileNotFoundError:
         raise ApiError(404, f"{path} not found", model="ha", key=path,
                        type_="NotFound") from None
     # A job log is served up to its recorded size: an append may be past it on disk already.

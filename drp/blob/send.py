@@ -68,7 +68,10 @@ def _open_sync(conn, locate: Callable[[], Path], path: str | None) -> Opened:
     and a small file's bytes."""
     target = locate()
     row = blob_row(conn, path) if path else None
-    fd, size = storage.open_regular(target)
+    try:
+        fd, size = storage.open_regular(target)
+    except (NotADirectoryError, PermissionError) as e:  # not a file this server can serve
+        raise FileNotFoundError(str(target)) from e
     sha = row["sha256"] if row and row["size"] == size and row["sha256"] else None
     opened = Opened(fd, size, sha, row["size"] if row else None)
     if size <= SMALL:
@@ -82,7 +85,7 @@ def _open_sync(conn, locate: Callable[[], Path], path: str | None) -> Opened:
 async def open_blob(store, locate: Callable[[], Path], path: str | None) -> Opened:
     """Open the file `locate()` returns (it checks the path, raising storage.PathError) and pair
     it with the blobs row of `path`, retrying if a put or delete of that path overlapped; one
-    worker-thread hop. FileNotFoundError when it is not a regular file."""
+    worker-thread hop. FileNotFoundError when it is not a regular file this server can read."""
     async def read() -> Opened:
         return await store.read(lambda conn: _open_sync(conn, locate, path))
     if path is None:

@@ -70,7 +70,7 @@ def create_static_app(node) -> QuartTrio:
                                      _blob_key(clean))
         except storage.PathError as e:
             return _error(e.code, str(e), rel)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+        except FileNotFoundError:
             return _error(404, f"{clean} not found", clean)
         return blob_response(request, opened, model="files", key=clean)
 

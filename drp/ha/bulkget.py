@@ -24,6 +24,15 @@ class CertificateMismatch(ssl.SSLError):
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
+def pinned_context() -> ssl.SSLContext:
+    """A client context that checks no CA: the active's certificate is usually self-signed,
+    and who it is is checked by its pinned sha256 instead (callers do it)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class Pool:
     """Idle connections to one base URL, shared by the threads of one fetcher."""
 
@@ -38,9 +47,7 @@ class Pool:
         # Self-signed certificates are the default: instead of a CA, every connection must
         # present the certificate the replication stream pinned (set_fingerprint), checked
         # before the token is sent.
-        self.ssl_context = ssl.create_default_context()
-        self.ssl_context.check_hostname = False
-        self.ssl_context.verify_mode = ssl.CERT_NONE
+        self.ssl_context = pinned_context()
         self.fingerprint: str | None = None  # sha256 of the active's certificate (DER)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import ssl
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,6 +20,7 @@ from drp import __version__
 from drp.blob import storage
 from drp.blob.gate import gate_for
 from drp.ha import protocol as p
+from drp.ha.bulkget import pinned_context
 from drp.ha.catchup import full_catchup, remove_orphans
 from drp.ha.transfer import Fetcher, Gone, Progress
 from drp.metrics import APPLIED_SEQ, LAG_ENTRIES, LAG_SECONDS
@@ -139,9 +139,7 @@ class Follower:
                        self.store.head, history)
 
     async def _session(self) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # pinned below, on first contact per active drp-id
+        ctx = pinned_context()  # pinned in _check_pin, on first contact per active drp-id
         headers = [(b"authorization", f"Bearer {self.cfg.ha_token}".encode())]
         async with trio_websocket.open_websocket_url(
                 _ws_url(self.cfg.join_url), ctx, extra_headers=headers,

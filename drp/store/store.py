@@ -25,7 +25,7 @@ from drp.store import schema
 from drp.store.apply import row_entry, wire_text
 from drp.store.cache import ObjectCache
 from drp.store.recent import RecentLog
-from drp.store.tx import MAX_GROUP, Job, Tx, apply_entries, run_group
+from drp.store.tx import MAX_GROUP, Job, Tx, apply_entries, rollback_open, run_group
 
 log = logging.getLogger("drp.store")
 
@@ -351,8 +351,7 @@ class Store:
                         conn.execute(f"INSERT INTO main.{table} SELECT * FROM snap.{table}")
                     conn.execute("COMMIT")
                 except BaseException:
-                    if conn.in_transaction:  # SQLite may have rolled back already (I/O error)
-                        conn.execute("ROLLBACK")
+                    rollback_open(conn)
                     raise
             finally:
                 conn.execute("DETACH DATABASE snap")

@@ -62,6 +62,13 @@ class Job:
         self.taken = self.done = False
 
 
+def rollback_open(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any: on an I/O error or a full disk SQLite may have
+    rolled it back already, and a second ROLLBACK would raise over the real error."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def trim_if_due(conn: sqlite3.Connection, before: int, head: int, retention: int) -> None:
     """Keep the last `retention` entries of the change log, once the head moved from `before`
     past a multiple of TRIM_EVERY."""
@@ -94,9 +101,7 @@ def run_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
         trim_if_due(conn, head, tx.head, retention)
         conn.execute("COMMIT")
     except BaseException as e:  # the commit itself failed: nothing of the group holds
-        # On an I/O error or a full disk SQLite may have rolled back already.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        rollback_open(conn)
         for job in group:
             if job.error is None:
                 job.error, job.result, job.changes = e, None, []
@@ -125,8 +130,7 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
                 row = apply_change(conn, entry)
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back already (I/O error)
-                    conn.execute("ROLLBACK")
+                rollback_open(conn)
                 raise
             synced = i == last
             applied.append(entry)
