@@ -117,3 +117,10 @@ async def test_gate_retries_reads_that_overlap_a_write():
         return len(reads)
     assert await gate.stable("files/x", read) == 2
     assert gate.stamp("files/x") is not None
+
+
+@pytest.mark.parametrize("path, url", [("files/boot/a b.ipxe", "/files/boot/a b.ipxe"),
+                                       ("isos/x.iso", "/isos/x.iso"),
+                                       ("plugins/p", None), ("job-logs/j1", None)])
+def test_static_url_names_only_what_the_static_port_serves(path, url):
+    assert storage.static_url(path) == url

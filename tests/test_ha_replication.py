@@ -123,6 +123,10 @@ def test_full_catchup_behind_retention_and_resume(cluster):
     kept = [int(m) for m in re.findall(r"keeping (\d+)", b.logs())]
     assert kept[-1] >= finished, b.logs()
     assert_same_data(a, b)
+    # ISOs come from the active's static port (plain HTTP, checked against the sha256s)
+    fetched, from_static = re.findall(r"blobs (\d+) bytes in .*\((\d+) blob bytes from the "
+                                      r"static port\)", b.logs())[-1]
+    assert int(fetched) == int(from_static) > 0, b.logs()[-2000:]
 
 
 

@@ -29,9 +29,10 @@ def hello(**kw):
     return Hello(**{**base, **kw})
 
 
-def welcome(head=10, mode=STREAM, divergent=0, history=((1, 1, "n1"),), epoch=None):
+def welcome(head=10, mode=STREAM, divergent=0, history=((1, 1, "n1"),), epoch=None,
+            static_port=8091):
     return Welcome("n1", history[-1][0] if epoch is None else epoch, head, history, mode,
-                   divergent)
+                   divergent, static_port)
 
 
 # --- wire ------------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ DROP = object()
     (wire(welcome(), history=[], epoch=0, head=0), "empty history"),
     (wire(welcome(), mode="fast"), "unknown mode"),
     (wire(welcome(), divergent=2), "stream mode with divergent"),
+    (wire(welcome(), static_port=70000), "static_port 70000 is not a port"),
     (wire(Refuse("x", "busy"), code=""), "empty code"),
     (wire(Snapshot(4, "s", 1, SHA), sha256="zz"), "sha256"),
     (wire(Snapshot(4, "s", 1, SHA), seq=0), "snapshot"),
@@ -151,13 +153,15 @@ def test_refuses_other_platform(os_, arch):
                         "HA nodes must share OS and architecture")
 
 
-@pytest.mark.parametrize("version, protocol", [("5.0.0", 1), ("3.13.4", 1), ("4.14.0", 2),
-                                               ("tip", 1), ("", 1)])
+@pytest.mark.parametrize("version, protocol", [("5.0.0", 0), ("3.13.4", 0), ("4.14.0", 1),
+                                               ("4.14.0", 3), ("tip", 0), ("", 0)])
 def test_refuses_incompatible_version(version, protocol):
+    """Same major release and same wire protocol (the current one is 2), or a clear refusal."""
+    protocol = protocol or p.PROTOCOL_VERSION
     r = check_hello(hello(version=version, protocol=protocol), **CLUSTER)
     assert r.code == "version"
-    assert "the active runs 4.14.0; install a 4.x release of drp on this node (protocol 1)" \
-        in r.reason
+    assert ("the active runs 4.14.0; install a 4.x release of drp on this node (protocol "
+            f"{p.PROTOCOL_VERSION})") in r.reason
 
 
 def test_refuses_the_actives_own_drp_id():
@@ -630,7 +634,7 @@ def test_end_to_end_exchange_through_the_wire_format():
                    passive_history=h.history, passive_head=h.seq)
     assert sp == SyncPlan(STREAM, 4, 0)
     tracker.add(h.drp_id, "198.18.0.12", sp.start_seq)
-    follower.on_welcome(decode(encode(Welcome("n1", 1, 7, ((1, 1, "n1"),), sp.mode, 0))))
+    follower.on_welcome(decode(encode(Welcome("n1", 1, 7, ((1, 1, "n1"),), sp.mode, 0, 8091))))
 
     batch = Entries(active_log[sp.start_seq - 1:], head=7)
     tracker.on_sent("n2", 7, now=10.0)

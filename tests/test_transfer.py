@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -93,15 +94,105 @@ async def test_stage_then_install_and_sweep(served, tmp_path):
     partial_dir = tmp_path / "partial"
     fetcher = fetcher_for(server, token, partial_dir)
     try:
-        size, got, staged = await fetcher.stage("/api/v3/files/small.bin", sha)
+        size, got, staged = await fetcher.stage_blob("files/small.bin", sha)
         assert (size, got) == (len(data), sha) and staged.name.endswith(".staged")
         await fetcher.install(staged, tmp_path / "x" / "small.bin", 0o644)
         assert (tmp_path / "x" / "small.bin").read_bytes() == data
-        _, _, left = await fetcher.stage("/api/v3/files/small.bin", sha)  # never installed
+        fetcher.use_static(server.static_port)
+        _, _, left = await fetcher.stage_blob("files/small.bin", sha)  # never installed
+        assert left.read_bytes() == data
         await fetcher.sweep_staged()  # as a follower starting after a crash does
         assert not left.exists()
     finally:
         await fetcher.aclose()
+
+
+async def test_files_come_from_the_static_port_without_the_token(served, tmp_path):
+    """With the active's static port known, files are fetched there over plain HTTP: even a
+    token the API would refuse does not matter, and the bytes are checked all the same."""
+    server, _, files = served
+    data, sha = files["big.bin"]
+    fetcher = Fetcher(server.url, "not-a-token", tmp_path / "partial")  # no pin either
+    fetcher.use_static(server.static_port)
+    progress = transfer.Progress(report=lambda status: None)
+    try:
+        dest = tmp_path / "out" / "big.bin"
+        assert await fetcher.fetch_blob("files/big.bin", dest, sha, 0o640, progress) == \
+            (BIG, sha, True)
+        assert dest.read_bytes() == data and dest.stat().st_mode & 0o777 == 0o640
+        assert progress.bytes_done == BIG
+        small, small_sha = files["small.bin"]
+        size, got, staged = await fetcher.stage_blob("files/small.bin", small_sha)
+        assert (size, got, staged.read_bytes()) == (len(small), small_sha, small)
+    finally:
+        await fetcher.aclose()
+
+
+class _OtherBytes(http.server.BaseHTTPRequestHandler):
+    """A static port serving bytes other than the ones asked for (a file changed since, or
+    someone on the path between the nodes): it must not be believed."""
+    DATA = b"not the bytes you are looking for\n" * 1000
+    hits: list[str] = []
+
+    def do_GET(self):
+        self.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.DATA)))
+        self.send_header("X-DRP-SHA256SUM", hashlib.sha256(self.DATA).hexdigest())  # a lie
+        self.end_headers()
+        self.wfile.write(self.DATA)
+
+    def log_message(self, *args):
+        pass
+
+
+async def test_bytes_the_static_port_gets_wrong_come_over_the_api(served, tmp_path):
+    """Bytes from the static port other than the sha256 the stream gave (its X-DRP-SHA256SUM
+    is not believed: plain HTTP vouches for nothing) are thrown away and the file is fetched
+    over the API; the progress counts it once."""
+    server, token, files = served
+    data, sha = files["big.bin"]
+    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherBytes)
+    threading.Thread(target=liar.serve_forever, daemon=True).start()
+    fetcher = fetcher_for(server, token, tmp_path / "partial")
+    fetcher.use_static(liar.server_address[1])
+    progress = transfer.Progress(report=lambda status: None)
+    try:
+        dest = tmp_path / "big.bin"
+        assert await fetcher.fetch_blob("files/big.bin", dest, sha, 0o644, progress) == \
+            (BIG, sha, False)
+        assert dest.read_bytes() == data and progress.bytes_done == BIG
+        assert _OtherBytes.hits == ["/files/big.bin"]
+        # Plugins and job logs are never asked of the static port (it does not serve them).
+        with pytest.raises(Gone):
+            await fetcher.fetch_blob("plugins/none", tmp_path / "p", "0" * 64)
+        assert _OtherBytes.hits == ["/files/big.bin"]
+        assert list((tmp_path / "partial").iterdir()) == []
+    finally:
+        await fetcher.aclose()
+        liar.shutdown()
+
+
+async def test_a_static_port_that_does_not_answer_is_left_alone_this_session(
+        served, tmp_path, caplog):
+    server, token, files = served
+    data, sha = files["small.bin"]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    fetcher = fetcher_for(server, token, tmp_path / "partial")
+    fetcher.use_static(closed.getsockname()[1])
+    try:
+        for name in ("a", "b"):
+            assert await fetcher.fetch_blob("files/small.bin", tmp_path / name, sha) == \
+                (len(data), sha, False)
+            assert (tmp_path / name).read_bytes() == data
+        warned = [r.getMessage() for r in caplog.records if "static port" in r.getMessage()]
+        assert len(warned) == 1 and "ConnectionRefusedError" in warned[0], warned
+        fetcher.use_static(server.static_port)  # the next session: tried again
+        assert (await fetcher.fetch_blob("files/small.bin", tmp_path / "c", sha))[2] is True
+    finally:
+        await fetcher.aclose()
+        closed.close()
 
 
 class _CancelOnFirstBytes(transfer.Progress):

@@ -90,6 +90,16 @@ def area_root(base_root: Path | str, area: str) -> Path:
     return Path(base_root, *AREAS[area])
 
 
+def static_url(path: str) -> str | None:
+    """The URL path the static file server serves blob `path` at (files/x -> /files/x), or
+    None for a blob it does not serve (plugins, job logs)."""
+    area, rel = split_blob_path(path)
+    where = AREAS[area]
+    if where[0] != "tftpboot":
+        return None
+    return "/" + "/".join((*where[1:], rel))
+
+
 def disk_path(base_root: Path | str, path: str) -> Path:
     """Where blob `path` (e.g. 'files/boot/x', 'isos/a.iso') lives under `base_root`.
     Validates the path syntactically (PathError 400); see `safe_path` for symlinks."""

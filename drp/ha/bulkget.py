@@ -20,6 +20,10 @@ class CertificateMismatch(ssl.SSLError):
     """The server is not the active whose certificate the replication stream pinned."""
 
 
+class PoolClosed(RuntimeError):
+    """The pool was closed (its fetcher is closing, or the server it talks to changed)."""
+
+
 # Characters a path keeps as they are (RFC 3986 pchar and "/"); the rest is percent-encoded.
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
@@ -36,14 +40,16 @@ def pinned_context() -> ssl.SSLContext:
 class Pool:
     """Idle connections to one base URL, shared by the threads of one fetcher."""
 
-    def __init__(self, base_url: str, headers: dict[str, str], timeout: float):
+    def __init__(self, base_url: str, headers: dict[str, str], timeout: float,
+                 connect_timeout: float | None = None):
         url = urlsplit(base_url)
         self.https = url.scheme == "https"
         self.host = url.hostname or "localhost"
         self.port = url.port or (443 if self.https else 80)
         self.prefix = url.path.rstrip("/")
         self.headers = headers
-        self.timeout = timeout
+        self.timeout = timeout  # for each read
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         # Self-signed certificates are the default: instead of a CA, every connection must
         # present the certificate the replication stream pinned (set_fingerprint), checked
         # before the token is sent.
@@ -68,12 +74,16 @@ class Pool:
         pooled only while that is still the one to trust."""
         expected = self.fingerprint
         if not self.https:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(self.host, self.port,
+                                              timeout=self.connect_timeout)
+            conn.connect()
+            conn.sock.settimeout(self.timeout)
             conn.checked_fingerprint = expected
             return conn
-        conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+        conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
                                            context=self.ssl_context)
         conn.connect()
+        conn.sock.settimeout(self.timeout)
         seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True) or b"").hexdigest()
         if seen != expected:
             conn.close()
@@ -95,7 +105,7 @@ class Pool:
         when the body was read to the end."""
         with self._lock:
             if self._closed:
-                raise RuntimeError("the fetcher was closed")
+                raise PoolClosed("the fetcher was closed")
             conn = self._idle.pop() if self._idle else None
         resp = None
         if conn is not None:

@@ -154,6 +154,7 @@ class Follower:
                 raise p.ProtocolError(f"expected welcome, got {msg.type}")
             await self._check_pin(ws, msg.drp_id)
             self.proto.on_welcome(msg)
+            self.fetcher.use_static(msg.static_port)
             self.welcomed = True
             self.node.ha_active_id, self.node.ha_reason = msg.drp_id, ""
             self.node.ha_status = p.SYNCING
@@ -309,7 +310,7 @@ class Follower:
                     target.stat().st_size == meta["size"]:
                 return None
         try:
-            return (await self.fetcher.stage(f"/api/v3/ha/blobs/{path}", meta["sha256"]))[2]
+            return (await self.fetcher.stage_blob(path, meta["sha256"]))[2]
         except Gone:
             return GONE
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: welcome carries static_port
 CONNECTING, SYNCING, IN_SYNC = "Connecting", "Syncing", "In-Sync"  # shown in /api/v3/info
 STREAM, FULL = "stream", "full"
 
@@ -80,6 +80,9 @@ class Welcome:  # active → passive: the handshake succeeded
     history: History
     mode: str       # STREAM or FULL
     divergent: int  # passive entries not on the active's history (dropped by a full catch-up)
+    # The active's --static-port: files and ISOs are fetched from it over plain HTTP (as any
+    # machine being provisioned gets them), checked against the sha256 this stream vouches for.
+    static_port: int
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ def _check_message(m: Message) -> None:
             raise ProtocolError(f"welcome: unknown mode {_show(m.mode)}")
         if m.mode == STREAM and m.divergent:
             raise ProtocolError("welcome: stream mode with divergent entries")
+        if m.static_port > 65535:
+            raise ProtocolError(f"welcome: static_port {m.static_port} is not a port")
     elif isinstance(m, Refuse) and not m.code:
         raise ProtocolError("refuse: empty code")
     elif isinstance(m, Snapshot) and (m.seq < 1 or not m.snapshot_id

@@ -167,7 +167,8 @@ class Hub:
                            active_oldest_retained_seq=oldest, passive_history=hello.history,
                            passive_head=hello.seq)
         await ws.send(p.encode(p.Welcome(self.node.drp_id, history[-1][0], self.store.head,
-                                         tuple(history), plan.mode, plan.divergent)))
+                                         tuple(history), plan.mode, plan.divergent,
+                                         self.cfg.static_port)))
         pid = hello.drp_id
         try:
             if plan.mode == p.FULL:

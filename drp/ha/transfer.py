@@ -7,6 +7,7 @@ renamed into place. Only finished, verified files ever appear under their real n
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import threading
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import trio
 
+from drp.blob import storage
 from drp.blob.storage import fsync_dir, hash_existing
-from drp.ha.bulkget import Pool
+from drp.ha.bulkget import Pool, PoolClosed
 from drp.metrics import CATCHUP_BYTES
 
 log = logging.getLogger("drp.ha.transfer")
@@ -27,6 +29,8 @@ STEP = 64 << 10  # read at a time
 # A download silent this long is given up (and resumed by the next attempt). It also bounds how
 # long the thread of a cancelled fetch can keep its partial file when the active went silent.
 READ_TIMEOUT = 15.0
+# A static port that does not answer a connect this soon is taken as unreachable from here.
+STATIC_CONNECT_TIMEOUT = 3.0
 
 
 class TransferError(Exception):
@@ -122,9 +126,27 @@ class Fetcher:
     def __init__(self, base_url: str, token: str, partial_dir: Path):
         self.partial_dir = partial_dir
         self.client = Pool(base_url, {"Authorization": f"Bearer {token}"}, READ_TIMEOUT)
+        self.static: Pool | None = None  # the active's static file server, when it has one
+        self._static_usable = False  # cleared when it fails to answer, until the next session
         self._threads = 0  # fetch threads of this fetcher still running
         self._closing = False
         self._count_lock = threading.Lock()
+
+    def use_static(self, port: int) -> None:
+        """Fetch files and ISOs from the active's static file server on `port` (0: none), on
+        the host the API is reached at: plain HTTP, no token, as machines being provisioned
+        get them. Neither side pays for TLS (measured here: ~1.7x the bytes per second of the
+        API port); each file must match the sha256 the authenticated stream gave for it, and
+        anything it does not serve right is fetched over the API port instead."""
+        if self.static is None or self.static.port != port:
+            old, self.static = self.static, None
+            if old is not None:
+                old.close()
+            if port:
+                host = self.client.host
+                self.static = Pool(f"http://{f'[{host}]' if ':' in host else host}:{port}",
+                                   {}, READ_TIMEOUT, STATIC_CONNECT_TIMEOUT)
+        self._static_usable = self.static is not None
 
     def set_fingerprint(self, fingerprint: str) -> None:
         """The sha256 of the active's TLS certificate, as the replication stream pinned it:
@@ -138,14 +160,19 @@ class Fetcher:
             self._closing = True
             if self._threads:
                 return
+        self._close_pools()
+
+    def _close_pools(self) -> None:
         self.client.close()
+        if self.static is not None:
+            self.static.close()
 
     def _thread_ends(self) -> None:
         with self._count_lock:
             self._threads -= 1
             close = self._closing and not self._threads
         if close:
-            self.client.close()
+            self._close_pools()
 
     async def sweep_staged(self) -> None:
         """Remove staged files a crash left between stage() and install()."""
@@ -162,10 +189,47 @@ class Fetcher:
         size, got, _ = await self._fetch(url, dest, sha256, mode, progress)
         return size, got
 
-    async def stage(self, url: str, sha256: str) -> tuple[int, str, Path]:
-        """Like fetch, but leave the verified file under a name of its own in the partial
+    async def fetch_blob(self, path: str, dest: Path, sha256: str, mode: int = 0o644,
+                         progress: Progress | None = None) -> tuple[int, str, bool]:
+        """Blob `path` into dest, from the static port when it serves the file with this
+        sha256, else over the API port as fetch() does: (size, sha256, from_static)."""
+        got = await self._from_static(path, dest, sha256, mode, progress)
+        if got is not None:
+            return got[0], got[1], True
+        size, sha = await self.fetch(f"/api/v3/ha/blobs/{path}", dest, sha256, mode, progress)
+        return size, sha, False
+
+    async def stage_blob(self, path: str, sha256: str) -> tuple[int, str, Path]:
+        """Like fetch_blob, but leave the verified file under a name of its own in the partial
         directory: (size, sha256, path); put it in place later with install()."""
-        return await self._fetch(url, None, sha256, 0o644, None)
+        got = await self._from_static(path, None, sha256, 0o644, None)
+        if got is not None:
+            return got
+        return await self._fetch(f"/api/v3/ha/blobs/{path}", None, sha256, 0o644, None)
+
+    async def _from_static(self, path: str, dest: Path | None, sha256: str, mode: int,
+                           progress: Progress | None) -> tuple[int, str, Path] | None:
+        """The blob from the static port, or None when it must come over the API instead:
+        no static port, not a file it serves, or bytes other than `sha256` (changed or
+        deleted since; the API says what is current)."""
+        pool = self.static
+        url = storage.static_url(path) if pool is not None and self._static_usable else None
+        if not (url and sha256):  # job logs have no sha256 to check plain-HTTP bytes against
+            return None
+        counted = _Counted(progress) if progress else None
+        try:
+            return await self._fetch_once(url, dest, sha256, mode, counted, pool)
+        except (_Corrupt, Gone, PoolClosed):
+            pass  # other bytes there, or none: the API has the version to take
+        except (TransferError, OSError, http.client.HTTPException) as e:
+            if self._static_usable and pool is self.static:
+                self._static_usable = False
+                log.warning("the active's static port %s:%d failed (%s: %s); fetching files "
+                            "over the API port this session", pool.host, pool.port,
+                            type(e).__name__, e)
+        if counted:
+            progress.add(-counted.added)  # fetched again over the API
+        return None
 
     async def install(self, staged: Path, dest: Path, mode: int) -> None:
         def run():
@@ -187,7 +251,9 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     async def _fetch_once(self, url, dest: Path | None, sha256: str, mode: int,
-                          progress: Progress | None) -> tuple[int, str, Path]:
+                          progress, static: Pool | None = None) -> tuple[int, str, Path]:
+        """One download over the API (`static` None) or from the static port, where only
+        bytes matching `sha256` are taken."""
         partial = self.partial_dir / (sha256 or hashlib.sha256(url.encode()).hexdigest())
         stop = threading.Event()
         try:
@@ -195,8 +261,8 @@ class Fetcher:
             # most) and leaves its partial file to be resumed; its claim on the partial file
             # keeps a successor off it until then.
             return await trio.to_thread.run_sync(
-                self._fetch_thread, url, dest, partial, sha256, mode, progress, stop,
-                abandon_on_cancel=True)
+                self._fetch_thread, static or self.client, url, dest, partial, sha256, mode,
+                progress, stop, abandon_on_cancel=True)
         except trio.Cancelled:
             with _INSTALL:  # µs at most: a thread inside holds it for chmod + rename
                 stop.set()
@@ -212,14 +278,14 @@ class Fetcher:
         finally:
             self._thread_ends()
 
-    def _fetch_blocking(self, url: str, dest: Path | None, partial: Path, sha256: str,
-                        mode: int, progress: Progress | None,
-                        stop: threading.Event) -> tuple[int, str, Path]:
+    def _fetch_blocking(self, pool: Pool, url: str, dest: Path | None, partial: Path,
+                        sha256: str, mode: int, progress, stop: threading.Event
+                        ) -> tuple[int, str, Path]:
         with _PARTIALS.held(partial):
             partial.parent.mkdir(parents=True, exist_ok=True)
             offset = partial.stat().st_size if partial.exists() else 0
             headers = {"Range": f"bytes={offset}-"} if offset else {}
-            with self.client.get(url, headers) as resp:
+            with pool.get(url, headers) as resp:
                 if resp.status not in (200, 206):
                     text = resp.read(4096).decode("utf-8", "replace")
                     resp.read()  # the rest: the connection can be used again
@@ -229,7 +295,8 @@ class Fetcher:
                         partial.unlink(missing_ok=True)
                         raise _Corrupt()
                     raise TransferError(f"GET {url}: {resp.status} {text[:200]}")
-                claimed = resp.getheader("X-DRP-SHA256SUM", "")
+                # A newer version's sha256, vouched for by the active over TLS only.
+                claimed = resp.getheader("X-DRP-SHA256SUM", "") if pool is self.client else ""
                 if resp.status == 200:
                     offset = 0
                 elif not resp.getheader("Content-Range", "").startswith(f"bytes {offset}-"):
@@ -298,3 +365,14 @@ def _receive(resp, partial: Path, offset: int, hasher, progress: Progress | None
 
 class _Corrupt(Exception):
     pass
+
+
+class _Counted:
+    """Progress of one try, so that a try given up on can take back what it added."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.added = progress, 0
+
+    def add(self, n: int) -> None:  # only the thread of that one fetch calls it
+        self.added += n
+        self.progress.add(n)
