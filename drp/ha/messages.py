@@ -2,7 +2,7 @@
 
 One JSON object per websocket text frame, {"type": ..., ...}; decode() validates every field and
 raises ProtocolError (one line) on anything malformed. Bulk bytes (the snapshot file, blobs)
-travel over HTTPS with Range, never here.
+travel over HTTP(S) with Range, never here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Bulk bytes for catch-up: the snapshot and blob files, fetched from the active over HTTPS.
+"""Bulk bytes for catch-up: the snapshot and blob files, fetched from the active over HTTPS,
+or, for files and ISOs, from its static port over plain HTTP (checked against their sha256).
 
 Downloads go to `<base-root>/ha/partial/<sha256>` first, so an interrupted transfer resumes with
 an HTTP Range request after a restart; the whole file is verified against its sha256 before it is
@@ -135,8 +136,8 @@ class Fetcher:
     def use_static(self, port: int) -> None:
         """Fetch files and ISOs from the active's static file server on `port` (0: none), on
         the host the API is reached at: plain HTTP, no token, as machines being provisioned
-        get them. Neither side pays for TLS (measured here: ~1.7x the bytes per second of the
-        API port); each file must match the sha256 the authenticated stream gave for it, and
+        get them. Neither side pays for TLS (`bench catchup` here: ~1.3x the bytes per
+        second); each file must match the sha256 the authenticated stream gave for it, and
         anything it does not serve right is fetched over the API port instead."""
         if self.static is None or self.static.port != port:
             old, self.static = self.static, None
