@@ -145,6 +145,18 @@ def test_refuses_other_ha_id():
                        "set RS_HA_ID=cluster-1", "ha_id")
 
 
+def test_a_welcome_from_an_active_that_names_no_static_port_is_still_understood():
+    """static_port came later: an active that does not send it is fetched from over the API
+    (0), and the other fields stay required."""
+    text = encode(welcome(static_port=8091))
+    obj = json.loads(text)
+    del obj["static_port"]
+    assert decode(json.dumps(obj)) == welcome(static_port=0)
+    del obj["divergent"]
+    with pytest.raises(ProtocolError, match="missing 'divergent'"):
+        decode(json.dumps(obj))
+
+
 @pytest.mark.parametrize("os_, arch", [("linux", "arm64"), ("darwin", "amd64")])
 def test_refuses_other_platform(os_, arch):
     r = check_hello(hello(os=os_, arch=arch), **CLUSTER)
@@ -153,10 +165,10 @@ def test_refuses_other_platform(os_, arch):
                         "HA nodes must share OS and architecture")
 
 
-@pytest.mark.parametrize("version, protocol", [("5.0.0", 0), ("3.13.4", 0), ("4.14.0", 1),
-                                               ("4.14.0", 3), ("tip", 0), ("", 0)])
+@pytest.mark.parametrize("version, protocol", [("5.0.0", 0), ("3.13.4", 0), ("4.14.0", 2),
+                                               ("tip", 0), ("", 0)])
 def test_refuses_incompatible_version(version, protocol):
-    """Same major release and same wire protocol (the current one is 2), or a clear refusal."""
+    """Same major release and same wire protocol, or a clear refusal."""
     protocol = protocol or p.PROTOCOL_VERSION
     r = check_hello(hello(version=version, protocol=protocol), **CLUSTER)
     assert r.code == "version"

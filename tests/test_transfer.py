@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import random
+import select
 import socket
 import ssl
 import threading
@@ -94,12 +95,12 @@ async def test_stage_then_install_and_sweep(served, tmp_path):
     partial_dir = tmp_path / "partial"
     fetcher = fetcher_for(server, token, partial_dir)
     try:
-        size, got, staged = await fetcher.stage_blob("files/small.bin", sha)
+        size, got, staged = await fetcher.stage_blob("files/small.bin", sha, len(data))
         assert (size, got) == (len(data), sha) and staged.name.endswith(".staged")
         await fetcher.install(staged, tmp_path / "x" / "small.bin", 0o644)
         assert (tmp_path / "x" / "small.bin").read_bytes() == data
         fetcher.use_static(server.static_port)
-        _, _, left = await fetcher.stage_blob("files/small.bin", sha)  # never installed
+        _, _, left = await fetcher.stage_blob("files/small.bin", sha, len(data))  # not installed
         assert left.read_bytes() == data
         await fetcher.sweep_staged()  # as a follower starting after a crash does
         assert not left.exists()
@@ -109,90 +110,151 @@ async def test_stage_then_install_and_sweep(served, tmp_path):
 
 async def test_files_come_from_the_static_port_without_the_token(served, tmp_path):
     """With the active's static port known, files are fetched there over plain HTTP: even a
-    token the API would refuse does not matter, and the bytes are checked all the same."""
+    token the API would refuse does not matter (nor is there a pinned certificate), and an
+    interrupted download resumes there with a Range request."""
     server, _, files = served
     data, sha = files["big.bin"]
-    fetcher = Fetcher(server.url, "not-a-token", tmp_path / "partial")  # no pin either
+    fetcher = Fetcher(server.url, "not-a-token", tmp_path / "partial")
     fetcher.use_static(server.static_port)
     progress = transfer.Progress(report=lambda status: None)
     try:
         dest = tmp_path / "out" / "big.bin"
-        assert await fetcher.fetch_blob("files/big.bin", dest, sha, 0o640, progress) == \
+        assert await fetcher.fetch_blob("files/big.bin", dest, sha, BIG, 0o640, progress) == \
             (BIG, sha, True)
         assert dest.read_bytes() == data and dest.stat().st_mode & 0o777 == 0o640
         assert progress.bytes_done == BIG
+        (tmp_path / "partial" / sha).write_bytes(data[:BIG // 3])  # as a killed fetch left it
+        again = tmp_path / "again.bin"
+        assert (await fetcher.fetch_blob("files/big.bin", again, sha, BIG))[2] is True
+        assert again.read_bytes() == data
         small, small_sha = files["small.bin"]
-        size, got, staged = await fetcher.stage_blob("files/small.bin", small_sha)
+        size, got, staged = await fetcher.stage_blob("files/small.bin", small_sha, len(small))
         assert (size, got, staged.read_bytes()) == (len(small), small_sha, small)
     finally:
         await fetcher.aclose()
 
 
-class _OtherBytes(http.server.BaseHTTPRequestHandler):
-    """A static port serving bytes other than the ones asked for (a file changed since, or
-    someone on the path between the nodes): it must not be believed."""
-    DATA = b"not the bytes you are looking for\n" * 1000
-    hits: list[str] = []
+class _Liar(http.server.BaseHTTPRequestHandler):
+    """A static port that answers a GET for `real` (bytes, sha256) as `how` says: with a file
+    that changed since ("changed"), a forged announcement and an endless body ("endless"),
+    or the right announcement over other bytes ("forged"). It records, per request, whether
+    the client hung up before the body was sent, which is what it should do when the
+    announcement is not the version it asked for."""
+    protocol_version = "HTTP/1.1"
+    how, real, seen = "changed", (b"", ""), []
 
     def do_GET(self):
-        self.hits.append(self.path)
+        data, sha = self.real
+        other = bytes(len(data))
+        announced, length = {"changed": (hashlib.sha256(other).hexdigest(), len(other)),
+                             "endless": (sha, 1 << 40), "forged": (sha, len(data))}[self.how]
         self.send_response(200)
-        self.send_header("Content-Length", str(len(self.DATA)))
-        self.send_header("X-DRP-SHA256SUM", hashlib.sha256(self.DATA).hexdigest())  # a lie
+        self.send_header("X-DRP-SHA256SUM", announced)
+        self.send_header("Content-Length", str(length))
         self.end_headers()
-        self.wfile.write(self.DATA)
+        self.wfile.flush()
+        hung_up = False
+        if self.how != "forged":
+            readable, _, _ = select.select([self.connection], [], [], 5)
+            hung_up = bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        self.seen.append((self.path, hung_up))
+        if not hung_up:
+            self.wfile.write(other)
+            self.close_connection = True
 
     def log_message(self, *args):
         pass
 
 
-async def test_bytes_the_static_port_gets_wrong_come_over_the_api(served, tmp_path):
-    """Bytes from the static port other than the sha256 the stream gave (its X-DRP-SHA256SUM
-    is not believed: plain HTTP vouches for nothing) are thrown away and the file is fetched
-    over the API; the progress counts it once."""
+@pytest.mark.parametrize("how", ["changed", "endless", "forged"])
+async def test_what_the_static_port_gets_wrong_comes_over_the_api(served, tmp_path, how):
+    """A static port announcing another version, or a length other than the file's, is hung
+    up on before its body; bytes that announce the right sha256 but are not it fail the
+    check (plain HTTP vouches for nothing). Either way the file comes over the API, the
+    progress counts it once, and the static port stays in use."""
     server, token, files = served
     data, sha = files["big.bin"]
-    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherBytes)
+    _Liar.how, _Liar.real, _Liar.seen = how, (data, sha), []
+    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
     threading.Thread(target=liar.serve_forever, daemon=True).start()
     fetcher = fetcher_for(server, token, tmp_path / "partial")
     fetcher.use_static(liar.server_address[1])
     progress = transfer.Progress(report=lambda status: None)
     try:
         dest = tmp_path / "big.bin"
-        assert await fetcher.fetch_blob("files/big.bin", dest, sha, 0o644, progress) == \
+        assert await fetcher.fetch_blob("files/big.bin", dest, sha, BIG, 0o644, progress) == \
             (BIG, sha, False)
         assert dest.read_bytes() == data and progress.bytes_done == BIG
-        assert _OtherBytes.hits == ["/files/big.bin"]
-        # Plugins and job logs are never asked of the static port (it does not serve them).
+        assert _Liar.seen == [("/files/big.bin", how != "forged")]
+        assert fetcher._static_usable
+        # Plugins are never asked of the static port (it does not serve them).
         with pytest.raises(Gone):
-            await fetcher.fetch_blob("plugins/none", tmp_path / "p", "0" * 64)
-        assert _OtherBytes.hits == ["/files/big.bin"]
+            await fetcher.fetch_blob("plugins/none", tmp_path / "p", "0" * 64, 1)
+        assert len(_Liar.seen) == 1
         assert list((tmp_path / "partial").iterdir()) == []
     finally:
         await fetcher.aclose()
         liar.shutdown()
 
 
-async def test_a_static_port_that_does_not_answer_is_left_alone_this_session(
-        served, tmp_path, caplog):
-    server, token, files = served
-    data, sha = files["small.bin"]
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-    fetcher = fetcher_for(server, token, tmp_path / "partial")
-    fetcher.use_static(closed.getsockname()[1])
+async def test_a_whole_partial_file_is_checked_without_a_request(served, tmp_path):
+    """A fetch killed between its last byte and its rename left the whole file aside: with
+    the size known, it is checked and put in place without asking anyone for it again."""
+    server, _, files = served
+    data, sha = files["big.bin"]
+    _Liar.how, _Liar.real, _Liar.seen = "changed", (data, sha), []
+    liar = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
+    threading.Thread(target=liar.serve_forever, daemon=True).start()
+    fetcher = Fetcher(server.url, "not-a-token", tmp_path / "partial")  # the API would refuse
+    fetcher.use_static(liar.server_address[1])
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / sha).write_bytes(data)
     try:
-        for name in ("a", "b"):
-            assert await fetcher.fetch_blob("files/small.bin", tmp_path / name, sha) == \
-                (len(data), sha, False)
-            assert (tmp_path / name).read_bytes() == data
-        warned = [r.getMessage() for r in caplog.records if "static port" in r.getMessage()]
-        assert len(warned) == 1 and "ConnectionRefusedError" in warned[0], warned
-        fetcher.use_static(server.static_port)  # the next session: tried again
-        assert (await fetcher.fetch_blob("files/small.bin", tmp_path / "c", sha))[2] is True
+        dest = tmp_path / "big.bin"
+        assert await fetcher.fetch_blob("files/big.bin", dest, sha, BIG) == (BIG, sha, True)
+        assert dest.read_bytes() == data and _Liar.seen == []
     finally:
         await fetcher.aclose()
-        closed.close()
+        liar.shutdown()
+
+
+async def test_a_static_port_that_fails_is_left_alone_this_session(served, tmp_path, caplog):
+    """A static port that hangs up is tried once per session, logged once; the files come
+    over the API. The next session (use_static again) tries it again; port 0 means none."""
+    server, token, files = served
+    data, sha = files["small.bin"]
+    hangup = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept_and_close():
+        while True:
+            try:
+                conn, _ = hangup.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    fetcher = fetcher_for(server, token, tmp_path / "partial")
+    fetcher.use_static(hangup.getsockname()[1])
+    try:
+        for name in ("a", "b"):
+            assert await fetcher.fetch_blob("files/small.bin", tmp_path / name, sha,
+                                            len(data)) == (len(data), sha, False)
+            assert (tmp_path / name).read_bytes() == data
+        assert len(accepted) == 1
+        warned = [r.getMessage() for r in caplog.records if "static port" in r.getMessage()]
+        assert len(warned) == 1 and f":{hangup.getsockname()[1]} failed (" in warned[0], warned
+        fetcher.use_static(server.static_port)  # the next session: tried again
+        assert (await fetcher.fetch_blob("files/small.bin", tmp_path / "c", sha,
+                                         len(data)))[2] is True
+        fetcher.use_static(0)  # an active without a static port
+        assert (await fetcher.fetch_blob("files/small.bin", tmp_path / "d", sha,
+                                         len(data)))[2] is False
+        assert len(accepted) == 1
+    finally:
+        await fetcher.aclose()
+        hangup.close()
 
 
 class _CancelOnFirstBytes(transfer.Progress):

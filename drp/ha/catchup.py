@@ -127,7 +127,7 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
         async with limiter:
             target = storage.disk_path(base, path)
             try:
-                got_size, got, static = await fetcher.fetch_blob(path, target, sha,
+                got_size, got, static = await fetcher.fetch_blob(path, target, sha, size,
                                                                  mode or 0o644, progress)
             except Gone:
                 return  # deleted after the snapshot; the stream carries the delete

@@ -310,7 +310,7 @@ class Follower:
                     target.stat().st_size == meta["size"]:
                 return None
         try:
-            return (await self.fetcher.stage_blob(path, meta["sha256"]))[2]
+            return (await self.fetcher.stage_blob(path, meta["sha256"], meta["size"]))[2]
         except Gone:
             return GONE
 

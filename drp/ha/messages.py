@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-PROTOCOL_VERSION = 2  # 2: welcome carries static_port
+PROTOCOL_VERSION = 1
 CONNECTING, SYNCING, IN_SYNC = "Connecting", "Syncing", "In-Sync"  # shown in /api/v3/info
 STREAM, FULL = "stream", "full"
 
@@ -82,7 +82,8 @@ class Welcome:  # active → passive: the handshake succeeded
     divergent: int  # passive entries not on the active's history (dropped by a full catch-up)
     # The active's --static-port: files and ISOs are fetched from it over plain HTTP (as any
     # machine being provisioned gets them), checked against the sha256 this stream vouches for.
-    static_port: int
+    # Optional, so that nodes of either side of this addition still talk (0: over the API).
+    static_port: int = dataclasses.field(default=0, metadata={"optional": True})
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,8 @@ def decode(text: str | bytes) -> Message:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in obj:  # unknown extra fields are ignored (newer peers may add some)
+            if f.metadata.get("optional"):
+                continue  # an older peer: the field's default
             raise ProtocolError(f"{cls.type}: missing {f.name!r}")
         kwargs[f.name] = _CHECKS[f.type](f"{cls.type} {f.name}", obj[f.name])
     msg = cls(**kwargs)

@@ -7,6 +7,7 @@ renamed into place. Only finished, verified files ever appear under their real n
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -32,6 +33,8 @@ STEP = 64 << 10  # read at a time
 READ_TIMEOUT = 15.0
 # A static port that does not answer a connect this soon is taken as unreachable from here.
 STATIC_CONNECT_TIMEOUT = 3.0
+# Errors of this node's own disk: they end the fetch whichever port it comes from.
+LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 class TransferError(Exception):
@@ -190,39 +193,43 @@ class Fetcher:
         size, got, _ = await self._fetch(url, dest, sha256, mode, progress)
         return size, got
 
-    async def fetch_blob(self, path: str, dest: Path, sha256: str, mode: int = 0o644,
-                         progress: Progress | None = None) -> tuple[int, str, bool]:
-        """Blob `path` into dest, from the static port when it serves the file with this
-        sha256, else over the API port as fetch() does: (size, sha256, from_static)."""
-        got = await self._from_static(path, dest, sha256, mode, progress)
+    async def fetch_blob(self, path: str, dest: Path, sha256: str, size: int,
+                         mode: int = 0o644, progress: Progress | None = None
+                         ) -> tuple[int, str, bool]:
+        """Blob `path` (`size` bytes with this sha256) into dest, from the static port when
+        it serves exactly that, else over the API port as fetch() does:
+        (size, sha256, from_static)."""
+        got = await self._from_static(path, dest, (sha256, size), mode, progress)
         if got is not None:
             return got[0], got[1], True
         size, sha = await self.fetch(f"/api/v3/ha/blobs/{path}", dest, sha256, mode, progress)
         return size, sha, False
 
-    async def stage_blob(self, path: str, sha256: str) -> tuple[int, str, Path]:
+    async def stage_blob(self, path: str, sha256: str, size: int) -> tuple[int, str, Path]:
         """Like fetch_blob, but leave the verified file under a name of its own in the partial
         directory: (size, sha256, path); put it in place later with install()."""
-        got = await self._from_static(path, None, sha256, 0o644, None)
+        got = await self._from_static(path, None, (sha256, size), 0o644, None)
         if got is not None:
             return got
         return await self._fetch(f"/api/v3/ha/blobs/{path}", None, sha256, 0o644, None)
 
-    async def _from_static(self, path: str, dest: Path | None, sha256: str, mode: int,
-                           progress: Progress | None) -> tuple[int, str, Path] | None:
+    async def _from_static(self, path: str, dest: Path | None, want: tuple[str, int],
+                           mode: int, progress: Progress | None) -> tuple[int, str, Path] | None:
         """The blob from the static port, or None when it must come over the API instead:
-        no static port, not a file it serves, or bytes other than `sha256` (changed or
-        deleted since; the API says what is current)."""
+        no static port, not a file it serves, or not the version `want` (sha256, size) there
+        (changed or deleted since: the API says what is current)."""
         pool = self.static
         url = storage.static_url(path) if pool is not None and self._static_usable else None
-        if not (url and sha256):  # job logs have no sha256 to check plain-HTTP bytes against
+        if not (url and want[0]):  # job logs have no sha256 to check plain-HTTP bytes against
             return None
         counted = _Counted(progress) if progress else None
         try:
-            return await self._fetch_once(url, dest, sha256, mode, counted, pool)
-        except (_Corrupt, Gone, PoolClosed):
-            pass  # other bytes there, or none: the API has the version to take
-        except (TransferError, OSError, http.client.HTTPException) as e:
+            return await self._fetch_once(url, dest, want[0], mode, counted, pool, want[1])
+        except (_Corrupt, Gone, PoolClosed, TransferError):
+            pass  # another version or none there, or an error status: the API has it
+        except (OSError, http.client.HTTPException) as e:
+            if isinstance(e, OSError) and e.errno in LOCAL_ERRNOS:
+                raise  # our disk, not the port: the API would fail the same way
             if self._static_usable and pool is self.static:
                 self._static_usable = False
                 log.warning("the active's static port %s:%d failed (%s: %s); fetching files "
@@ -251,10 +258,11 @@ class Fetcher:
                 log.warning("%s: sha256 mismatch after resume; fetching it whole again", url)
         raise AssertionError("unreachable")
 
-    async def _fetch_once(self, url, dest: Path | None, sha256: str, mode: int,
-                          progress, static: Pool | None = None) -> tuple[int, str, Path]:
-        """One download over the API (`static` None) or from the static port, where only
-        bytes matching `sha256` are taken."""
+    async def _fetch_once(self, url, dest: Path | None, sha256: str, mode: int, progress,
+                          static: Pool | None = None, size: int = 0) -> tuple[int, str, Path]:
+        """One download over the API (`static` None) or from the static port, where only a
+        response announcing `size` bytes with this sha256 is read, and only those bytes
+        are taken."""
         partial = self.partial_dir / (sha256 or hashlib.sha256(url.encode()).hexdigest())
         stop = threading.Event()
         try:
@@ -262,8 +270,8 @@ class Fetcher:
             # most) and leaves its partial file to be resumed; its claim on the partial file
             # keeps a successor off it until then.
             return await trio.to_thread.run_sync(
-                self._fetch_thread, static or self.client, url, dest, partial, sha256, mode,
-                progress, stop, abandon_on_cancel=True)
+                self._fetch_thread, static or self.client, url, dest, partial, sha256, size,
+                mode, progress, stop, abandon_on_cancel=True)
         except trio.Cancelled:
             with _INSTALL:  # µs at most: a thread inside holds it for chmod + rename
                 stop.set()
@@ -280,36 +288,11 @@ class Fetcher:
             self._thread_ends()
 
     def _fetch_blocking(self, pool: Pool, url: str, dest: Path | None, partial: Path,
-                        sha256: str, mode: int, progress, stop: threading.Event
+                        sha256: str, size: int, mode: int, progress, stop: threading.Event
                         ) -> tuple[int, str, Path]:
         with _PARTIALS.held(partial):
             partial.parent.mkdir(parents=True, exist_ok=True)
-            offset = partial.stat().st_size if partial.exists() else 0
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            with pool.get(url, headers) as resp:
-                if resp.status not in (200, 206):
-                    text = resp.read(4096).decode("utf-8", "replace")
-                    resp.read()  # the rest: the connection can be used again
-                    if resp.status == 404:
-                        raise Gone(url)
-                    if resp.status == 416:  # our partial is longer than the file: restart
-                        partial.unlink(missing_ok=True)
-                        raise _Corrupt()
-                    raise TransferError(f"GET {url}: {resp.status} {text[:200]}")
-                # A newer version's sha256, vouched for by the active over TLS only.
-                claimed = resp.getheader("X-DRP-SHA256SUM", "") if pool is self.client else ""
-                if resp.status == 200:
-                    offset = 0
-                elif not resp.getheader("Content-Range", "").startswith(f"bytes {offset}-"):
-                    partial.unlink(missing_ok=True)  # not the rest of our partial: restart
-                    raise _Corrupt()
-                hasher = hashlib.sha256()
-                if offset:  # resumed: what we hold already counts
-                    with open(partial, "rb") as f:
-                        hash_existing(f.fileno(), hasher)
-                if progress and offset:
-                    progress.add(offset)
-                _receive(resp, partial, offset, hasher, progress, stop)
+            hasher, claimed = self._download(pool, url, partial, sha256, size, progress, stop)
             got = hasher.hexdigest()
             want = claimed or sha256  # job logs carry no sha256: TLS alone vouches for them
             if want and got != want:
@@ -330,6 +313,52 @@ class Fetcher:
                 os.replace(partial, dest)
             fsync_dir(dest.parent)
             return size, got, dest
+
+    def _download(self, pool: Pool, url: str, partial: Path, sha256: str, size: int,
+                  progress, stop: threading.Event):
+        """The rest of the partial file from `url`: (a sha256 hasher fed the whole file, the
+        sha256 the active claims for it over TLS, if any). When the size is known (the
+        static route), a partial file that long, left by a fetch killed before its rename,
+        is checked as it is, without a request."""
+        offset = partial.stat().st_size if partial.exists() else 0
+        hasher = hashlib.sha256()
+        if size and offset > size:
+            partial.unlink()
+            offset = 0
+        if size and offset == size:
+            with open(partial, "rb") as f:
+                hash_existing(f.fileno(), hasher)
+            if progress:
+                progress.add(offset)
+            return hasher, ""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with pool.get(url, headers) as resp:
+            if resp.status not in (200, 206):
+                text = resp.read(4096).decode("utf-8", "replace")
+                if pool is self.client:  # not from the static port: no endless body
+                    resp.read()  # the rest: the connection can be used again
+                if resp.status == 404:
+                    raise Gone(url)
+                if resp.status == 416:  # our partial is longer than the file: restart
+                    partial.unlink(missing_ok=True)
+                    raise _Corrupt()
+                raise TransferError(f"GET {url}: {resp.status} {text[:200]}")
+            # A newer version's sha256, vouched for by the active over TLS only.
+            claimed = resp.getheader("X-DRP-SHA256SUM", "") if pool is self.client else ""
+            if pool is not self.client:
+                _check_announced(resp, sha256, size, offset)
+            if resp.status == 200:
+                offset = 0
+            elif not resp.getheader("Content-Range", "").startswith(f"bytes {offset}-"):
+                partial.unlink(missing_ok=True)  # not the rest of our partial: restart
+                raise _Corrupt()
+            if offset:  # resumed: what we hold already counts
+                with open(partial, "rb") as f:
+                    hash_existing(f.fileno(), hasher)
+                if progress:
+                    progress.add(offset)
+            _receive(resp, partial, offset, hasher, progress, stop)
+        return hasher, claimed
 
 
 def _receive(resp, partial: Path, offset: int, hasher, progress: Progress | None,
@@ -366,6 +395,27 @@ def _receive(resp, partial: Path, offset: int, hasher, progress: Progress | None
 
 class _Corrupt(Exception):
     pass
+
+
+class _NotThatVersion(TransferError):
+    """The static port announces other bytes than the version asked for."""
+
+
+def _check_announced(resp, sha256: str, size: int, offset: int) -> None:
+    """Before reading a body from the static port: it must announce the version asked for
+    (its X-DRP-SHA256SUM, which plain HTTP does not make true: the bytes are hashed all the
+    same) and exactly its length, so neither a changed file nor a forged endless body is
+    read at all."""
+    announced = resp.getheader("X-DRP-SHA256SUM", "")
+    length = resp.length  # Content-Length (None without one)
+    if resp.status == 206:
+        whole = f"bytes {offset}-{size - 1}/{size}"
+        ok = resp.getheader("Content-Range", "") == whole and length == size - offset
+    else:
+        ok = length == size
+    if announced != sha256 or not ok:
+        raise _NotThatVersion(f"the static port announces sha256 {announced[:16] or 'none'}, "
+                              f"{length} bytes; want {sha256[:16]}, {size} bytes")
 
 
 class _Counted:
