@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import time
 
 import httpx
 import pytest
@@ -93,3 +95,61 @@ def test_symlinks_leaving_tftpboot_are_refused(drp, static, tmp_path):
     # links whose real path stays inside tftpboot/ are fine
     assert static.get("/alias.txt").text == "ok"
     assert static.get("/up/tftpboot/files/ok.txt").text == "ok"
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    """Send raw bytes and read until the server closes the connection."""
+    sock.sendall(request)
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_keep_alive_heads_errors_and_bad_requests(drp, static):
+    """Several requests on one connection (a HEAD and a 404 in between leave it usable); a
+    request that is not HTTP gets a 400 with the error body; the server carries on."""
+    data = os.urandom(200_000)
+    with drp.client() as c:
+        c.post("/files/ka/a.bin", content=data).raise_for_status()
+    with socket.create_connection(("127.0.0.1", drp.static_port), timeout=10) as sock:
+        reply = _exchange(sock, b"HEAD /files/ka/a.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"GET /files/ka/missing HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"HEAD /files/ka/missing HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"GET /files/ka/a.bin HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 200") == 2 and reply.count(b"HTTP/1.1 404") == 2
+    assert reply.count(b'"Messages"') == 1  # the GET's error body; the HEAD's has none
+    assert reply.endswith(data)
+    with socket.create_connection(("127.0.0.1", drp.static_port), timeout=10) as sock:
+        reply = _exchange(sock, b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400") and b'"Messages"' in reply
+    assert static.get("/files/ka/a.bin").content == data
+
+
+def test_a_client_leaving_mid_download_leaves_the_server_serving(drp, static):
+    big = os.urandom(32 << 20)
+    with drp.client() as c:
+        c.post("/isos/big.iso", content=big).raise_for_status()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", drp.static_port), timeout=10) as sock:
+            sock.sendall(b"GET /isos/big.iso HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    r = static.get("/isos/big.iso", headers={"Range": "bytes=1000-"})
+    assert r.status_code == 206 and r.content == big[1000:]
+    assert drp.proc.poll() is None
+
+
+def test_stop_does_not_wait_for_a_client_that_stopped_reading(drp_factory):
+    """A download the client stopped taking in (its buffers full) holds SIGTERM up for the
+    grace period only, not until the client resumes."""
+    server = drp_factory("stall")
+    with server.client() as c:
+        c.post("/isos/big.iso", content=os.urandom(64 << 20)).raise_for_status()
+    with socket.create_connection(("127.0.0.1", server.static_port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /isos/big.iso HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        began = time.monotonic()
+        assert server.stop(timeout=10) == 0
+        assert time.monotonic() - began < 8, server.logs()[-2000:]

@@ -12,6 +12,7 @@ from typing import Callable
 
 from quart_trio.wrappers.response import TrioResponse as Response
 from quart.wrappers.response import ResponseBody
+from werkzeug.http import parse_etags, parse_if_range_header, parse_range_header
 
 from drp.blob import storage
 from drp.blob.gate import gate_for
@@ -93,47 +94,65 @@ async def open_blob(store, locate: Callable[[], Path], path: str | None) -> Open
     return await gate_for(store).stable(path, read)
 
 
-def _error(code: int, message: str, headers: dict, model: str, key: str) -> Response:
-    body = ApiError(code, message, model=model, key=key).body()
-    return Response(json.dumps(body), code, {**headers, "Content-Type": "application/json"})
+@dataclass
+class Reply:
+    """What to answer a GET/HEAD of an opened blob, whatever serves it: status and headers,
+    then `length` bytes of the file from `start` (none for HEAD, 304 and errors, whose JSON
+    body is `error`)."""
+    status: int
+    headers: dict[str, str]
+    start: int = 0
+    length: int = 0
+    error: bytes | None = None
+
+
+def plan_reply(method: str, headers, opened: Opened, *, model: str = "", key: str = "",
+               content_type: str = "application/octet-stream",
+               size: int | None = None) -> Reply:
+    """ETag/X-DRP-SHA256SUM, If-None-Match, Range with If-Range, HEAD, from the request's
+    `headers` (a case-insensitive mapping). `size` caps what is served (a job log is served
+    up to its recorded size, even while an append is being written past it)."""
+    size = opened.size if size is None else min(size, opened.size)
+    out = {"Accept-Ranges": "bytes", "Content-Type": content_type}
+    etag = f"SHA256:{opened.sha256}" if opened.sha256 else None
+    if etag:
+        out["ETag"] = f'"{etag}"'
+        out["X-DRP-SHA256SUM"] = opened.sha256
+    inm = parse_etags(headers.get("If-None-Match"))
+    if etag and inm and (inm.star_tag or inm.contains(etag)):
+        return Reply(304, out)
+    start, stop, status = 0, size, 200
+    rng = parse_range_header(headers.get("Range"))
+    if rng is not None and rng.units == "bytes" and len(rng.ranges) == 1 and _if_range_ok(
+            headers, etag):
+        span = rng.range_for_length(size)
+        if span is None:
+            body = ApiError(416, f"range {headers.get('Range')} is outside 0-{size}",
+                            model=model, key=key).body()
+            return Reply(416, {**out, "Content-Range": f"bytes */{size}",
+                               "Content-Type": "application/json"},
+                         error=json.dumps(body).encode())
+        start, stop = span
+        status = 206
+        out["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    out["Content-Length"] = str(stop - start)
+    return Reply(status, out, start, 0 if method == "HEAD" else stop - start)
 
 
 def blob_response(request, opened: Opened, *, model: str = "", key: str = "",
                   content_type: str = "application/octet-stream",
                   size: int | None = None) -> Response:
-    """The response for GET/HEAD of an opened blob. `size` caps what is served (a job log is
-    served up to its recorded size, even while an append is being written past it)."""
-    size = opened.size if size is None else min(size, opened.size)
-    headers = {"Accept-Ranges": "bytes", "Content-Type": content_type}
-    etag = f"SHA256:{opened.sha256}" if opened.sha256 else None
-    if etag:
-        headers["ETag"] = f'"{etag}"'
-        headers["X-DRP-SHA256SUM"] = opened.sha256
-    inm = request.if_none_match
-    if etag and inm and (inm.star_tag or inm.contains(etag)):
+    """The Quart response for GET/HEAD of an opened blob (see plan_reply)."""
+    reply = plan_reply(request.method, request.headers, opened, model=model, key=key,
+                       content_type=content_type, size=size)
+    if not reply.length:
         opened.close()
-        return Response(None, 304, headers)
-    start, stop, status = 0, size, 200
-    rng = request.range
-    if rng is not None and rng.units == "bytes" and len(rng.ranges) == 1 and _if_range_ok(
-            request, etag):
-        span = rng.range_for_length(size)
-        if span is None:
-            opened.close()
-            return _error(416, f"range {request.headers.get('Range')} is outside 0-{size}",
-                          {"Content-Range": f"bytes */{size}"}, model, key)
-        start, stop = span
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    headers["Content-Length"] = str(stop - start)
-    if request.method == "HEAD":
-        opened.close()
-        return Response(None, status, headers)
-    return Response(FdBody(opened, start, stop - start), status, headers)
+        return Response(reply.error, reply.status, reply.headers)
+    return Response(FdBody(opened, reply.start, reply.length), reply.status, reply.headers)
 
 
-def _if_range_ok(request, etag: str | None) -> bool:
+def _if_range_ok(headers, etag: str | None) -> bool:
     """If-Range: apply the range only when the client's validator still matches."""
-    if "If-Range" not in request.headers:
+    if "If-Range" not in headers:
         return True
-    return bool(etag) and request.if_range.etag == etag
+    return bool(etag) and parse_if_range_header(headers.get("If-Range")).etag == etag
