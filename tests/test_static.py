@@ -127,22 +127,73 @@ def test_keep_alive_heads_errors_and_bad_requests(drp, static):
     assert static.get("/files/ka/a.bin").content == data
 
 
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def test_a_client_leaving_mid_download_leaves_the_server_serving(drp, static):
+    """Clients that hang up mid-body cost nothing lasting: no error logged, every file and
+    socket closed again, the next download whole."""
     big = os.urandom(32 << 20)
     with drp.client() as c:
         c.post("/isos/big.iso", content=big).raise_for_status()
+    static.get("/isos/big.iso")  # the server's own connections and files now exist
+    before = _fds(drp.proc.pid)
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", drp.static_port), timeout=10) as sock:
             sock.sendall(b"GET /isos/big.iso HTTP/1.1\r\nHost: x\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
     r = static.get("/isos/big.iso", headers={"Range": "bytes=1000-"})
     assert r.status_code == 206 and r.content == big[1000:]
-    assert drp.proc.poll() is None
+    deadline = time.monotonic() + 10
+    while _fds(drp.proc.pid) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _fds(drp.proc.pid) <= before
+    assert "request failed" not in drp.logs()
+
+
+def test_stalled_clients_do_not_hold_up_the_others(drp, static):
+    """Clients that stop reading wait for room in their socket without holding one of the
+    sending threads: a download beside forty of them runs as it does alone."""
+    big = os.urandom(64 << 20)
+    with drp.client() as c:
+        c.post("/isos/big.iso", content=big).raise_for_status()
+    stalled = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", drp.static_port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /isos/big.iso HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append(sock)
+        time.sleep(0.5)  # every one of them has filled its buffers by now
+        began = time.monotonic()
+        assert static.get("/isos/big.iso").content == big
+        # Alone this takes well under a second here; a sender per stalled client holding a
+        # thread for a while each turn made it take ten.
+        assert time.monotonic() - began < 5
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_errors_opening_a_file_get_an_error_body(drp, static):
+    tftp = drp.base_root / "tftpboot"
+    tftp.mkdir(exist_ok=True)
+    (tftp / "loop").symlink_to(tftp / "loop")
+    r = static.get("/loop")
+    assert r.status_code == 500 and "symbolic links" in r.json()["Messages"][0], r.text
+    r = static.get("/" + "/".join(["x" * 250] * 20))
+    assert r.status_code == 400 and r.json()["Messages"], r.text
+    with socket.create_connection(("127.0.0.1", drp.static_port), timeout=10) as sock:
+        reply = _exchange(sock, b"GET http://x/files/none HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 404") and b"files/none not found" in reply
 
 
 def test_stop_does_not_wait_for_a_client_that_stopped_reading(drp_factory):
-    """A download the client stopped taking in (its buffers full) holds SIGTERM up for the
-    grace period only, not until the client resumes."""
+    """A download the client stopped taking in holds SIGTERM up for the static server's
+    grace period (1 s) only, not until the client resumes (nor until the whole server's
+    last-resort cancel)."""
     server = drp_factory("stall")
     with server.client() as c:
         c.post("/isos/big.iso", content=os.urandom(64 << 20)).raise_for_status()
@@ -152,4 +203,4 @@ def test_stop_does_not_wait_for_a_client_that_stopped_reading(drp_factory):
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         began = time.monotonic()
         assert server.stop(timeout=10) == 0
-        assert time.monotonic() - began < 8, server.logs()[-2000:]
+        assert time.monotonic() - began < 2.5, server.logs()[-2000:]

@@ -11,14 +11,14 @@ path (symlinks resolved) is outside tftpboot/.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import select
-import time
 from functools import partial
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
@@ -29,12 +29,12 @@ from drp.blob.send import Opened, plan_reply, open_blob
 from drp.errors import ApiError
 
 log = logging.getLogger("drp.static")
-KEEP_ALIVE = 75.0  # an idle connection waits this long for its next request (as the API)
-STALL = 30.0  # a request arriving, or a response being taken in, may pause this long
+KEEP_ALIVE = 75.0  # a connection waits this long for its next request, whole (as the API)
+STALL = 30.0  # a response may wait this long for the client to take in more of it
 GRACE = 1.0  # at stop, responses under way get this long to finish
 MAX_HEAD = 16 << 10  # request line and headers
 SENDFILE_MAX = 8 << 20  # bytes per worker-thread hop
-THREAD_WAIT = 0.5  # seconds a sending thread waits for a slow client before checking back
+THREAD_WAIT_MS = 100  # a sending thread waits this long for room before handing back
 SENDERS = 16  # threads sending at once; more clients take turns (the API's hops have others)
 
 
@@ -58,28 +58,25 @@ class _FileRange:
         return self.length
 
 
-def _sendfile_some(sock_fd: int, fd: int, offset: int, count: int) -> tuple[int, bool]:
+def _sendfile_some(sock_fd: int, fd: int, offset: int, count: int) -> tuple[int, bool, bool]:
     """In a worker thread (a file not in the page cache is read from disk): up to `count`
-    bytes from the file to the socket, waiting here for room in the socket's buffer rather
-    than going back to trio each time it fills, for THREAD_WAIT at most (so a cancel is not
-    held up longer): (bytes sent, whether the file ended first)."""
+    bytes from the file to the socket. When the socket's buffer is full it waits here a
+    little (a reading client frees room within a millisecond, cheaper than a trip back to
+    trio), then gives up its thread: (bytes sent, the file ended first, the socket is full)."""
     sent = 0
     poller = select.poll()
     poller.register(sock_fd, select.POLLOUT)
-    deadline = time.monotonic() + THREAD_WAIT
     while sent < count:
         try:
             n = os.sendfile(sock_fd, fd, offset + sent, count - sent)
         except BlockingIOError:
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                break
-            poller.poll(wait * 1000)
+            if not poller.poll(THREAD_WAIT_MS):
+                return sent, False, True
             continue
         if not n:
-            return sent, True
+            return sent, True, False
         sent += n
-    return sent, False
+    return sent, False, False
 
 
 class _Closed(Exception):
@@ -103,10 +100,17 @@ class StaticServer:
                     await self._send_error(stream, conn, False, e.error_status_hint,
                                            f"bad request: {e}", close=True)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                ConnectionError, h11.ProtocolError):
+                ConnectionError, h11.RemoteProtocolError):
             pass  # the client went away, stalled or broke HTTP: nothing more to answer
         except Exception:  # noqa: BLE001 — one connection's failure never ends the server
-            log.exception("static file server: a connection failed")
+            log.exception("static file server: a request failed")
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with trio.move_on_after(1):
+                    try:
+                        await self._send_error(stream, conn, False, 500, "internal error "
+                                               "(logged by the server)", close=True)
+                    except Exception:  # noqa: BLE001 — the connection is closed below
+                        pass
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -145,7 +149,10 @@ class StaticServer:
                                    "static file server is read-only", {"Allow": "GET, HEAD"},
                                    close=True)
             return
-        target = request.target.decode("ascii", "replace").split("?", 1)[0]
+        target = request.target.decode("ascii", "replace")
+        if not target.startswith("/"):  # absolute form: http://host/path
+            target = urlsplit(target).path or target
+        target = target.split("?", 1)[0]
         if not target.startswith("/"):
             await self._send_error(stream, conn, head, 400, f"not a path: {target[:100]!r}")
             return
@@ -166,6 +173,10 @@ class StaticServer:
             return
         except FileNotFoundError:
             await self._send_error(stream, conn, head, 404, f"{clean} not found", key=clean)
+            return
+        except OSError as e:  # a symlink loop, a name too long, no fds left...
+            code = 400 if e.errno == errno.ENAMETOOLONG else 500
+            await self._send_error(stream, conn, head, code, f"{clean}: {e.strerror}", key=clean)
             return
         try:
             await self._send_blob(stream, conn, method, Headers(
@@ -213,20 +224,19 @@ class StaticServer:
                 await stream.send_all(data)
 
     async def _sendfile(self, stream, piece: _FileRange) -> None:
-        sock_fd = stream.socket.fileno()
+        sock = stream.socket
         offset, left = piece.start, piece.length
-        stalled = 0.0
         while left:
-            sent, ended = await trio.to_thread.run_sync(
-                _sendfile_some, sock_fd, piece.fd, offset, min(left, SENDFILE_MAX),
+            sent, ended, full = await trio.to_thread.run_sync(
+                _sendfile_some, sock.fileno(), piece.fd, offset, min(left, SENDFILE_MAX),
                 limiter=self.senders)
             if ended:  # the file is shorter than announced: the body cannot be completed
                 raise _Closed(f"file shrank while being sent ({left - sent} bytes short)")
-            stalled = 0.0 if sent else stalled + THREAD_WAIT
-            if stalled >= STALL:
-                raise trio.TooSlowError()
             offset += sent
             left -= sent
+            if full:  # a slow client: wait for it here, holding no thread
+                with trio.fail_after(STALL):
+                    await trio.lowlevel.wait_writable(sock)
 
 
 def static_service(node, stop: trio.Event):
