@@ -120,7 +120,8 @@ class Cancelled(Exception):
 
 
 class Fetcher:
-    """Authenticated HTTPS downloads from the active, resumable and sha256-verified.
+    """Downloads from the active (HTTPS with the token; files and ISOs from its static port
+    when it has one), resumable and sha256-verified.
 
     Each download runs in a worker thread (drp.ha.bulkget): OpenSSL decrypts the TLS records
     straight into a 1 MiB buffer, hashed and written a buffer at a time, while on the event
