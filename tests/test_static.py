@@ -203,4 +203,4 @@ def test_stop_does_not_wait_for_a_client_that_stopped_reading(drp_factory):
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         began = time.monotonic()
         assert server.stop(timeout=10) == 0
-        assert time.monotonic() - began < 2.5, server.logs()[-2000:]
+        assert time.monotonic() - began < 2.9, server.logs()[-2000:]  # the server: 3 s
