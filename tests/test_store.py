@@ -361,9 +361,9 @@ async def test_group_commit_isolates_a_failing_write(store, monkeypatch):
     groups = []
     run_group = store._run_group
 
-    def spy(group):
+    def spy(group, publish):
         groups.append(len(group))
-        return run_group(group)
+        return run_group(group, publish)
     monkeypatch.setattr(store, "_run_group", spy)
     outcomes = {}
 
@@ -431,6 +431,71 @@ async def test_group_whose_commit_fails_reports_every_write_failed(store):
     assert [await store.get("profiles", f"f{i}") for i in range(3)] == [None] * 3
     await store.write(put("profiles", "after", {"Name": "after"}))  # the writer goes on
     assert [e["seq"] for e in await store.entries_after(head)] == [head + 1]
+
+
+async def test_commit_is_published_while_its_fsync_runs(store, monkeypatch):
+    """Senders see a group as soon as it commits (so the passives' round trip overlaps this
+    node's flush), but its writes return only once the WAL is fsynced."""
+    from drp.store import tx as txmod
+    real_fsync = txmod.fsync_path
+    in_fsync, release = threading.Event(), threading.Event()
+    seen_in_fsync = []
+
+    def held_fsync(path, missing_ok=True):
+        if str(path).endswith("-wal"):
+            probe = sqlite3.connect(str(store.path))  # another connection: committed?
+            try:
+                seen_in_fsync.append(probe.execute(
+                    "SELECT COUNT(*) FROM objects WHERE key='early'").fetchone()[0])
+            finally:
+                probe.close()
+            in_fsync.set()
+            if not release.wait(10):
+                raise AssertionError("never released")
+        real_fsync(path, missing_ok)
+    monkeypatch.setattr(txmod, "fsync_path", held_fsync)
+    head = store.head
+    returned = trio.Event()
+
+    async def writer():
+        await store.write(put("profiles", "early", {"Name": "early"}))
+        returned.set()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        with trio.fail_after(10):
+            await store.wait_head_beyond(head)  # published while the fsync is held
+        assert await trio.to_thread.run_sync(in_fsync.wait, 10)
+        assert store.head == head + 1 and [e for _, e in store.recent.after(head, 10)]
+        await trio.sleep(0.05)
+        assert not returned.is_set()  # not durable yet: the write has not returned
+        release.set()
+    assert returned.is_set() and seen_in_fsync == [1]
+
+
+async def test_failed_fsync_fails_the_group_and_stops_writes(store, monkeypatch, caplog):
+    """A commit the disk would not flush is reported failed, and no write is taken after it."""
+    import errno
+    from drp.store import tx as txmod
+    real_fsync = txmod.fsync_path
+
+    def broken_fsync(path, missing_ok=True):
+        if str(path).endswith("-wal"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(path, missing_ok)
+    monkeypatch.setattr(txmod, "fsync_path", broken_fsync)
+    with pytest.raises(ApiError) as info:
+        await store.write(put("profiles", "unflushed", {"Name": "unflushed"}))
+    assert info.value.code == 500 and info.value.type == "StorageError"
+    assert "could not be flushed to disk" in info.value.messages[0]
+    assert "restart dr-provision" in info.value.messages[0]
+    assert any(r.levelname == "CRITICAL" for r in caplog.records)
+    monkeypatch.setattr(txmod, "fsync_path", real_fsync)  # even with the disk back
+    head = store.head
+    for internal in (False, True):
+        with pytest.raises(ApiError) as info:
+            await store.write(put("profiles", "after", {"Name": "after"}), internal=internal)
+        assert info.value.code == 500
+    assert store.head == head and await store.get("profiles", "after") is None
 
 
 async def test_cancelled_queued_write_never_happens(store):

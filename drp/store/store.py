@@ -4,8 +4,10 @@ Every mutation runs in the writer (a CapacityLimiter(1) around a worker thread; 
 call order and the writer takes them in that order, so the order of commits is decided by the
 writer, never by the scheduler) inside a transaction that also appends its change-log entries.
 Writes that queued up meanwhile are committed together (group commit: one fsync), each in its
-own savepoint. Reads use per-thread connections in worker threads, so the event
-loop never blocks on SQLite.
+own savepoint. A group is visible and handed to the replication senders as soon as it commits,
+while its fsync runs; each write returns once it is durable here and (HA) acknowledged by the
+passives. Reads use per-thread connections in worker threads, so the event loop never blocks on
+SQLite.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from drp.store import schema
 from drp.store.apply import row_entry, wire_text
 from drp.store.cache import ObjectCache
 from drp.store.recent import RecentLog
-from drp.store.tx import MAX_GROUP, Job, Tx, apply_entries, rollback_open, run_group
+from drp.store.tx import (MAX_GROUP, Job, NotDurable, Tx, apply_entries, fsync_path,
+                          rollback_open, run_group)
 
 log = logging.getLogger("drp.store")
 
@@ -44,6 +47,9 @@ class Store:
         self.path = Path(path)
         self._writer_conn = schema.connect(self.path)
         schema.create(self._writer_conn)
+        # Commits fsync the WAL file themselves (run_group); make sure its directory entry,
+        # which SQLite syncs only when it flushes the file itself, is on disk too.
+        fsync_path(self.path.parent)
         self._writer = trio.CapacityLimiter(1)
         self._queue: deque[Job] = deque()  # writes waiting for the writer, in call order
         self.recent = RecentLog()  # the latest committed entries, for replication senders
@@ -57,6 +63,9 @@ class Store:
         self._head_changed = trio.Event()
         # Set by the node's role: a reason string while writes are refused (passive), else None.
         self.refuse_writes: str | None = None
+        # Set when a commit could not be made durable: no write is taken after it (the disk
+        # may have dropped what it acknowledged; a restart reads what is really there).
+        self.disk_failure: str | None = None
         self.commit_hooks: list[CommitHook] = []
         self.listeners: list[Callable[[list[dict]], None]] = []
         self.retention = 100_000
@@ -220,6 +229,8 @@ class Store:
         Group commit: writes queue up in call order; whoever gets the writer next commits
         every queued write in ONE transaction (one fsync, one worker-thread hop), each inside
         its own SAVEPOINT, so a write that fails is rolled back alone and takes no seq."""
+        if self.disk_failure:
+            raise ApiError(500, self.disk_failure, type_="StorageError")
         if self.refuse_writes and not internal:
             raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
         job = Job(fn, internal, during)
@@ -252,6 +263,10 @@ class Store:
                 break
             self._queue.popleft()
             job.taken = True
+            if self.disk_failure:
+                job.error = ApiError(500, self.disk_failure, type_="StorageError")
+                job.done = True
+                continue
             if self.refuse_writes and not job.internal:  # the role changed while it queued
                 job.error = ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
                 job.done = True
@@ -260,16 +275,22 @@ class Store:
         if not group:
             return
         changes: list[dict] = []
+        token = trio.lowlevel.current_trio_token()
+
+        def publish(committed: list[dict], wire: list[tuple[int, str]]) -> None:
+            # From the worker thread, between COMMIT and fsync. Runs on the event loop before
+            # the thread's result is delivered (one FIFO queue), so before this group returns.
+            token.run_sync_soon(self._published, committed, wire)
         try:
             with ExitStack() as stack:
                 for job in group:
                     if job.during is not None:
                         stack.enter_context(job.during)
-                changes, wire = await trio.to_thread.run_sync(self._run_group, group)
-                if changes:
-                    self.recent.remember(wire)
-                    self._bump_versions(changes)
-                    self._set_position(changes[-1]["seq"], self.epoch_after(changes))
+                try:
+                    changes, _ = await trio.to_thread.run_sync(self._run_group, group, publish)
+                except NotDurable as e:
+                    self._lost_the_disk(group, e)
+                    return
         except BaseException as e:
             for job in group:
                 if job.error is None and not job.changes:
@@ -285,8 +306,26 @@ class Store:
         promotes = [c["body"]["epoch"] for c in changes if c["kind"] == "ha"]
         return max([self.epoch, *promotes])
 
-    def _run_group(self, group: list[Job]) -> tuple[list[dict], list[tuple[int, str]]]:
-        return run_group(self._writer_conn, group, self.head, self.epoch, self.retention)
+    def _run_group(self, group: list[Job], publish) -> tuple[list[dict], list[tuple[int, str]]]:
+        return run_group(self._writer_conn, group, self.head, self.epoch, self.retention,
+                         self.path, publish)
+
+    def _published(self, changes: list[dict], wire: list[tuple[int, str]]) -> None:
+        """A group just committed: readers and replication senders see it from now on."""
+        self.recent.remember(wire)
+        self._bump_versions(changes)
+        self._set_position(changes[-1]["seq"], self.epoch_after(changes))
+
+    def _lost_the_disk(self, group: list[Job], error: NotDurable) -> None:
+        """The group committed (readers and passives may have it) but is not known to be on
+        disk: report its writes failed and take no more (as PostgreSQL stops on a failed
+        fsync: the kernel may have dropped the data and would not say so twice)."""
+        self.disk_failure = (f"{error}: writes that were in flight may be lost; this node "
+                             "takes no more writes; check the disk and restart dr-provision")
+        log.critical("%s", self.disk_failure)
+        for job in group:
+            job.result, job.changes = None, []
+            job.error = ApiError(500, self.disk_failure, type_="StorageError")
 
     def _notify(self, changes: list[dict]) -> None:
         for listener in list(self.listeners):

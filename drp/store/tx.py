@@ -2,7 +2,9 @@
 
 - run_group: group commit on the node that takes writes. Queued writes run in ONE transaction
   (one fsync), each inside its own SAVEPOINT, so a write that fails is rolled back alone and
-  its seqs are reused by the next write: the change log stays gap-free.
+  its seqs are reused by the next write: the change log stays gap-free. The commit is
+  published (handed to the replication senders) before its fsync, so the passives' round trip
+  overlaps this node's disk flush; the writes are reported done only after both.
 - apply_entries: a passive's replay, each entry in its own transaction; only the batch's last
   commit waits for the disk.
 """
@@ -13,6 +15,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 from drp.store.apply import apply_change, wire_text
 
@@ -76,10 +79,37 @@ def trim_if_due(conn: sqlite3.Connection, before: int, head: int, retention: int
         conn.execute("DELETE FROM changes WHERE seq <= ?", (head - retention,))
 
 
+class NotDurable(Exception):
+    """The group committed (and was published) but the disk refused to flush it."""
+
+
 def run_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
-              retention: int) -> tuple[list[dict], list[tuple[int, str]]]:
+              retention: int, db_path: Path,
+              publish: Callable[[list[dict], list[tuple[int, str]]], None]
+              ) -> tuple[list[dict], list[tuple[int, str]]]:
     """Run every job of the group in one transaction, each in a savepoint; fills in each job's
-    result/error/changes. Returns the committed changes in order and their wire texts."""
+    result/error/changes. Returns the committed changes in order and their wire texts.
+
+    The COMMIT itself does not wait for the disk (synchronous=NORMAL); `publish(changes, wire)`
+    is called right after it, then the WAL is fsynced, and only then does this return: durable
+    here, exactly as a synchronous=FULL commit would be. Nothing is published unless COMMIT
+    succeeded, so a seq is never handed out twice. Raises NotDurable when the fsync fails."""
+    conn.execute("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
+    try:
+        changes, wire = _commit_group(conn, group, head, epoch, retention)
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
+    if changes:
+        publish(changes, wire)
+        try:
+            fsync_path(Path(f"{db_path}-wal"), missing_ok=False)
+        except OSError as e:
+            raise NotDurable(f"the change log could not be flushed to disk ({e})") from e
+    return changes, wire
+
+
+def _commit_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
+                  retention: int) -> tuple[list[dict], list[tuple[int, str]]]:
     conn.execute("BEGIN IMMEDIATE")
     tx = Tx(conn, head, epoch)
     try:
@@ -144,11 +174,13 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
         trim_if_due(conn, entries[0]["seq"] - 1, entries[-1]["seq"], retention)
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: Path, missing_ok: bool = True) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return
+        if missing_ok:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
