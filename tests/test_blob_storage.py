@@ -124,3 +124,11 @@ async def test_gate_retries_reads_that_overlap_a_write():
                                        ("plugins/p", None), ("job-logs/j1", None)])
 def test_static_url_names_only_what_the_static_port_serves(path, url):
     assert storage.static_url(path) == url
+    if url is not None:  # and back: the static server finds the blob's row from its URL
+        assert storage.static_blob(url.lstrip("/")) == path
+
+
+@pytest.mark.parametrize("rel", ["files", "files/", "isos/a/b.iso", "isos/../x", "plugins/p",
+                                 "job-logs/j1", "boot/x", "", "files/../../etc/passwd"])
+def test_static_blob_is_none_for_what_names_no_blob(rel):
+    assert storage.static_blob(rel) is None

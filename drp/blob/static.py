@@ -38,16 +38,6 @@ THREAD_WAIT_MS = 100  # a sending thread waits this long for room before handing
 SENDERS = 16  # threads sending at once; more clients take turns (the API's hops have others)
 
 
-def _blob_key(rel: str) -> str | None:
-    """The blobs-table path of a tftpboot-relative path, when it is one (files/..., isos/x)."""
-    if rel.split("/", 1)[0] not in ("files", "isos"):
-        return None
-    try:
-        return storage.blob_path(*rel.split("/", 1)) if "/" in rel else None
-    except storage.PathError:
-        return None
-
-
 class _FileRange:
     """A body part to send with sendfile: h11 passes it through untouched, counting its len."""
 
@@ -167,7 +157,7 @@ class StaticServer:
             path = self.root.joinpath(*clean.split("/"))
             opened = await open_blob(self.node.store,
                                      lambda: storage.check_inside(self.root, path),
-                                     _blob_key(clean))
+                                     storage.static_blob(clean))
         except storage.PathError as e:
             await self._send_error(stream, conn, head, e.code, str(e), key=rel)
             return

@@ -90,6 +90,11 @@ def area_root(base_root: Path | str, area: str) -> Path:
     return Path(base_root, *AREAS[area])
 
 
+# The areas the static file server serves (it serves tftpboot/): its first path segment -> area.
+STATIC_AREAS = {"/".join(where[1:]): area for area, where in AREAS.items()
+                if where[0] == "tftpboot"}
+
+
 def static_url(path: str) -> str | None:
     """The URL path the static file server serves blob `path` at (files/x -> /files/x), or
     None for a blob it does not serve (plugins, job logs)."""
@@ -98,6 +103,19 @@ def static_url(path: str) -> str | None:
     if where[0] != "tftpboot":
         return None
     return "/" + "/".join((*where[1:], rel))
+
+
+def static_blob(rel: str) -> str | None:
+    """The inverse of static_url: the blob path of a tftpboot-relative path (files/x,
+    isos/x), or None when it names no blob (another directory, an invalid path)."""
+    top, _, below = rel.partition("/")
+    area = STATIC_AREAS.get(top)
+    if area is None or not below:
+        return None
+    try:
+        return blob_path(area, below)
+    except PathError:
+        return None
 
 
 def disk_path(base_root: Path | str, path: str) -> Path:
