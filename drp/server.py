@@ -52,11 +52,20 @@ class Server:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.stop = trio.Event()
+        self.exit_status = 0
+
+    def _disk_failed(self, reason: str) -> None:
+        """The store lost a commit to the disk: stop (gracefully: the role's cleanup releases
+        the VIP) and exit non-zero, so systemd's Restart=on-failure starts it from what the
+        disk really holds."""
+        self.exit_status = 1
+        self.stop.set()
 
     async def run(self) -> None:
         cfg = self.cfg
         cfg.base_root.mkdir(parents=True, exist_ok=True)
         store = Store(cfg.base_root / "drp.db")
+        store.on_disk_failure = self._disk_failed
         store.retention = cfg.ha_log_retention
         try:
             drp_id = nodemod.resolve_drp_id(store, cfg)
@@ -154,10 +163,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dr-provision: {e}", file=sys.stderr)
         sys.exit(2)
     setup_logging(cfg.log_level)
+    server = Server(cfg)
     try:
-        trio.run(Server(cfg).run)
+        trio.run(server.run)
     except KeyboardInterrupt:
         pass
+    if server.exit_status:
+        sys.exit(server.exit_status)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The store: change log order under concurrent writers, persistence, and Store itself."""
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
@@ -433,27 +434,36 @@ async def test_group_whose_commit_fails_reports_every_write_failed(store):
     assert [e["seq"] for e in await store.entries_after(head)] == [head + 1]
 
 
-async def test_commit_is_published_while_its_fsync_runs(store, monkeypatch):
-    """Senders see a group as soon as it commits (so the passives' round trip overlaps this
-    node's flush), but its writes return only once the WAL is fsynced."""
-    from drp.store import tx as txmod
-    real_fsync = txmod.fsync_path
-    in_fsync, release = threading.Event(), threading.Event()
-    seen_in_fsync = []
+class _WalFlush:
+    """os.fdatasync, except on the store's WAL descriptor, where a test can hold it or make it
+    fail the way a dying disk does (EIO). A real disk error cannot be produced on demand."""
 
-    def held_fsync(path, missing_ok=True):
-        if str(path).endswith("-wal"):
-            probe = sqlite3.connect(str(store.path))  # another connection: committed?
-            try:
-                seen_in_fsync.append(probe.execute(
-                    "SELECT COUNT(*) FROM objects WHERE key='early'").fetchone()[0])
-            finally:
-                probe.close()
-            in_fsync.set()
-            if not release.wait(10):
-                raise AssertionError("never released")
-        real_fsync(path, missing_ok)
-    monkeypatch.setattr(txmod, "fsync_path", held_fsync)
+    def __init__(self, store: Store, monkeypatch):
+        import os
+        self.store, self.real = store, os.fdatasync
+        self.fail = False
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.release.set()
+        self.calls: list[str] = []
+        monkeypatch.setattr(os, "fdatasync", self)
+
+    def __call__(self, fd: int) -> None:
+        if fd != self.store._wal_fd:
+            return self.real(fd)
+        self.calls.append("flush")
+        self.entered.set()
+        if not self.release.wait(10):
+            raise AssertionError("the flush was never released")
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error")
+        return self.real(fd)
+
+
+async def test_commit_is_published_while_its_flush_runs(store, monkeypatch):
+    """Senders see a group as soon as it commits (so the passives' round trip overlaps this
+    node's flush), but its writes return only once the WAL is on disk."""
+    flush = _WalFlush(store, monkeypatch)
+    flush.release.clear()
     head = store.head
     returned = trio.Event()
 
@@ -463,39 +473,83 @@ async def test_commit_is_published_while_its_fsync_runs(store, monkeypatch):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
         with trio.fail_after(10):
-            await store.wait_head_beyond(head)  # published while the fsync is held
-        assert await trio.to_thread.run_sync(in_fsync.wait, 10)
-        assert store.head == head + 1 and [e for _, e in store.recent.after(head, 10)]
+            await store.wait_head_beyond(head)  # published while the flush is held
+        assert await trio.to_thread.run_sync(flush.entered.wait, 10)
+        assert store.head == head + 1 and store.recent.after(head, 10)
+        assert await store.get("profiles", "early") == {"Name": "early"}  # committed
         await trio.sleep(0.05)
         assert not returned.is_set()  # not durable yet: the write has not returned
-        release.set()
-    assert returned.is_set() and seen_in_fsync == [1]
+        flush.release.set()
+    assert returned.is_set() and flush.calls == ["flush"]
 
 
-async def test_failed_fsync_fails_the_group_and_stops_writes(store, monkeypatch, caplog):
-    """A commit the disk would not flush is reported failed, and no write is taken after it."""
-    import errno
-    from drp.store import tx as txmod
-    real_fsync = txmod.fsync_path
+async def test_a_promotion_is_flushed_before_it_is_published(store, monkeypatch):
+    """The epoch history must never reach a passive and then be lost here."""
+    flush = _WalFlush(store, monkeypatch)
+    published = store._published
 
-    def broken_fsync(path, missing_ok=True):
-        if str(path).endswith("-wal"):
-            raise OSError(errno.EIO, "Input/output error")
-        real_fsync(path, missing_ok)
-    monkeypatch.setattr(txmod, "fsync_path", broken_fsync)
+    def spy(changes, wire):
+        flush.calls.append("published")
+        published(changes, wire)
+    monkeypatch.setattr(store, "_published", spy)
+    await store.write(promote(2))
+    assert flush.calls == ["flush", "published"]
+
+
+async def test_failed_flush_fails_the_group_and_stops_writes(store, monkeypatch, caplog):
+    """A commit the disk would not flush is reported failed; nothing is written after it (nor
+    replicated entries acknowledged), and the server is told to stop."""
+    flush = _WalFlush(store, monkeypatch)
+    flush.fail = True
+    stopped, seen = [], []
+    store.on_disk_failure = stopped.append
+    store.listeners.append(seen.append)
     with pytest.raises(ApiError) as info:
         await store.write(put("profiles", "unflushed", {"Name": "unflushed"}))
     assert info.value.code == 500 and info.value.type == "StorageError"
-    assert "could not be flushed to disk" in info.value.messages[0]
-    assert "restart dr-provision" in info.value.messages[0]
+    assert "OSError" in info.value.messages[0] and "restart dr-provision" in info.value.messages[0]
+    assert stopped == info.value.messages
     assert any(r.levelname == "CRITICAL" for r in caplog.records)
-    monkeypatch.setattr(txmod, "fsync_path", real_fsync)  # even with the disk back
+    # committed and visible (readers, passives, listeners), but reported failed
+    assert await store.get("profiles", "unflushed") is not None
+    assert [[c["key"] for c in batch] for batch in seen] == [["unflushed"]]
+    flush.fail = False  # even with the disk back
     head = store.head
     for internal in (False, True):
         with pytest.raises(ApiError) as info:
             await store.write(put("profiles", "after", {"Name": "after"}), internal=internal)
         assert info.value.code == 500
+    with pytest.raises(ApiError):
+        await store.apply_replicated([{"seq": head + 1, "epoch": 1, "time": 0.0,
+                                       "kind": "profiles", "key": "r", "action": "create",
+                                       "body": {"Name": "r"}}])
     assert store.head == head and await store.get("profiles", "after") is None
+
+
+async def test_a_write_queued_behind_a_lost_flush_is_refused(store, monkeypatch):
+    flush = _WalFlush(store, monkeypatch)
+    flush.release.clear()
+    flush.fail = True
+    outcomes = {}
+
+    async def writer(key):
+        try:
+            await store.write(put("profiles", key, {"Name": key}))
+            outcomes[key] = "ok"
+        except ApiError as e:
+            outcomes[key] = e.code
+    head = store.head
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer, "first")
+        assert await trio.to_thread.run_sync(flush.entered.wait, 10)
+        with trio.fail_after(10):
+            await store.wait_head_beyond(head)  # "first" is published, its flush held
+        nursery.start_soon(writer, "queued")
+        while len(store._queue) < 1:
+            await trio.sleep(0.01)
+        flush.release.set()
+    assert outcomes == {"first": 500, "queued": 500}
+    assert store.head == head + 1 and await store.get("profiles", "queued") is None
 
 
 async def test_cancelled_queued_write_never_happens(store):

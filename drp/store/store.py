@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -27,8 +28,7 @@ from drp.store import schema
 from drp.store.apply import row_entry, wire_text
 from drp.store.cache import ObjectCache
 from drp.store.recent import RecentLog
-from drp.store.tx import (MAX_GROUP, Job, NotDurable, Tx, apply_entries, fsync_path,
-                          rollback_open, run_group)
+from drp.store.tx import MAX_GROUP, Job, NotDurable, Tx, apply_entries, rollback_open, run_group
 
 log = logging.getLogger("drp.store")
 
@@ -47,9 +47,11 @@ class Store:
         self.path = Path(path)
         self._writer_conn = schema.connect(self.path)
         schema.create(self._writer_conn)
-        # Commits fsync the WAL file themselves (run_group); make sure its directory entry,
-        # which SQLite syncs only when it flushes the file itself, is on disk too.
-        fsync_path(self.path.parent)
+        # Commits flush the WAL themselves (run_group) through this descriptor, opened once:
+        # a descriptor opened after a write error never hears of it (SQLite's own checkpoint
+        # may have seen it first). SQLite names the file it uses (symlinks resolved).
+        db_file = self._writer_conn.execute("PRAGMA database_list").fetchone()[2]
+        self._wal_fd = os.open(f"{db_file}-wal", os.O_RDONLY | os.O_CLOEXEC)
         self._writer = trio.CapacityLimiter(1)
         self._queue: deque[Job] = deque()  # writes waiting for the writer, in call order
         self.recent = RecentLog()  # the latest committed entries, for replication senders
@@ -63,9 +65,11 @@ class Store:
         self._head_changed = trio.Event()
         # Set by the node's role: a reason string while writes are refused (passive), else None.
         self.refuse_writes: str | None = None
-        # Set when a commit could not be made durable: no write is taken after it (the disk
-        # may have dropped what it acknowledged; a restart reads what is really there).
+        # Set when a commit could not be made durable: nothing is written after it (the disk
+        # may have dropped what it acknowledged; a restart reads what is really there), and
+        # on_disk_failure(reason) is called: the server stops (as PostgreSQL does).
         self.disk_failure: str | None = None
+        self.on_disk_failure: Callable[[str], None] | None = None
         self.commit_hooks: list[CommitHook] = []
         self.listeners: list[Callable[[list[dict]], None]] = []
         self.retention = 100_000
@@ -229,8 +233,7 @@ class Store:
         Group commit: writes queue up in call order; whoever gets the writer next commits
         every queued write in ONE transaction (one fsync, one worker-thread hop), each inside
         its own SAVEPOINT, so a write that fails is rolled back alone and takes no seq."""
-        if self.disk_failure:
-            raise ApiError(500, self.disk_failure, type_="StorageError")
+        self._check_disk()
         if self.refuse_writes and not internal:
             raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
         job = Job(fn, internal, during)
@@ -263,7 +266,7 @@ class Store:
                 break
             self._queue.popleft()
             job.taken = True
-            if self.disk_failure:
+            if self.disk_failure:  # an earlier group lost the disk while this one queued
                 job.error = ApiError(500, self.disk_failure, type_="StorageError")
                 job.done = True
                 continue
@@ -308,24 +311,40 @@ class Store:
 
     def _run_group(self, group: list[Job], publish) -> tuple[list[dict], list[tuple[int, str]]]:
         return run_group(self._writer_conn, group, self.head, self.epoch, self.retention,
-                         self.path, publish)
+                         self._wal_fd, publish)
 
     def _published(self, changes: list[dict], wire: list[tuple[int, str]]) -> None:
-        """A group just committed: readers and replication senders see it from now on."""
-        self.recent.remember(wire)
-        self._bump_versions(changes)
-        self._set_position(changes[-1]["seq"], self.epoch_after(changes))
+        """A group just committed: readers and replication senders see it from now on.
+        Runs as a trio callback, where an exception would end the whole server."""
+        try:
+            self.recent.remember(wire)
+            self._bump_versions(changes)
+        except Exception:
+            log.exception("committed seq %d but could not note it; senders and readers take "
+                          "it from the database", changes[-1]["seq"])
+            self.recent.clear()
+            self.cache.clear()
+        finally:  # the next group must never reuse these seqs
+            self._set_position(changes[-1]["seq"], self.epoch_after(changes))
+
+    def _check_disk(self) -> None:
+        if self.disk_failure:
+            raise ApiError(500, self.disk_failure, type_="StorageError")
 
     def _lost_the_disk(self, group: list[Job], error: NotDurable) -> None:
         """The group committed (readers and passives may have it) but is not known to be on
-        disk: report its writes failed and take no more (as PostgreSQL stops on a failed
+        disk: report its writes failed and write nothing more (as PostgreSQL stops on a failed
         fsync: the kernel may have dropped the data and would not say so twice)."""
         self.disk_failure = (f"{error}: writes that were in flight may be lost; this node "
-                             "takes no more writes; check the disk and restart dr-provision")
+                             "writes nothing more; check the disk and restart dr-provision")
         log.critical("%s", self.disk_failure)
         for job in group:
             job.result, job.changes = None, []
             job.error = ApiError(500, self.disk_failure, type_="StorageError")
+        if error.changes:  # readers see them: so do listeners
+            self._notify(error.changes)
+        if self.on_disk_failure is not None:
+            self.on_disk_failure(self.disk_failure)
 
     def _notify(self, changes: list[dict]) -> None:
         for listener in list(self.listeners):
@@ -340,12 +359,13 @@ class Store:
         its fsync covers every commit before it), so a batch costs one fsync, not one each."""
         if not entries:
             return
+        self._check_disk()  # never acknowledge entries as durable on a disk that lost some
         applied: list[dict] = []
         wire: list[tuple[int, str]] = []
         async with self._writer:
             try:
                 await trio.to_thread.run_sync(apply_entries, self._writer_conn, entries, applied,
-                                             wire, self.path, self.retention)
+                                             wire, self._wal_fd, self.retention)
             finally:
                 # Entries before a failing one are committed: the position must say so, or
                 # the next write would reuse their seqs.
@@ -379,6 +399,7 @@ class Store:
 
     async def install_snapshot(self, snap: Path) -> None:
         """Replace every replicated table with the snapshot's, in one transaction."""
+        self._check_disk()
         def run():
             conn = self._writer_conn
             conn.execute("ATTACH DATABASE ? AS snap", (str(snap),))
@@ -405,6 +426,7 @@ class Store:
             self._set_position(head, epoch)
 
     def close(self) -> None:
+        os.close(self._wal_fd)
         self._writer_conn.close()
         self._local_conn.close()
         with self._readers_lock:

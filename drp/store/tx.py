@@ -14,7 +14,6 @@ import json
 import os
 import sqlite3
 import time
-from pathlib import Path
 from typing import Callable
 
 from drp.store.apply import apply_change, wire_text
@@ -80,31 +79,48 @@ def trim_if_due(conn: sqlite3.Connection, before: int, head: int, retention: int
 
 
 class NotDurable(Exception):
-    """The group committed (and was published) but the disk refused to flush it."""
+    """The group committed but may not be on disk (its fsync, or a step between COMMIT and
+    it, failed). `changes` may already be visible to readers and passives."""
+
+    def __init__(self, message: str, changes: list[dict]):
+        super().__init__(message)
+        self.changes = changes
 
 
 def run_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: int,
-              retention: int, db_path: Path,
+              retention: int, wal_fd: int,
               publish: Callable[[list[dict], list[tuple[int, str]]], None]
               ) -> tuple[list[dict], list[tuple[int, str]]]:
     """Run every job of the group in one transaction, each in a savepoint; fills in each job's
     result/error/changes. Returns the committed changes in order and their wire texts.
 
     The COMMIT itself does not wait for the disk (synchronous=NORMAL); `publish(changes, wire)`
-    is called right after it, then the WAL is fsynced, and only then does this return: durable
-    here, exactly as a synchronous=FULL commit would be. Nothing is published unless COMMIT
-    succeeded, so a seq is never handed out twice. Raises NotDurable when the fsync fails."""
+    is called right after it, then the WAL (`wal_fd`, held open since the store opened, so it
+    hears of every write error since) is flushed, and only then does this return: durable
+    here, as a synchronous=FULL commit would be. Nothing is published unless COMMIT
+    succeeded, so a seq is never handed out twice. A promotion is flushed before it is
+    published: the epoch history must never reach a passive and then be lost here."""
     conn.execute("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
     try:
         changes, wire = _commit_group(conn, group, head, epoch, retention)
-    finally:
+    except BaseException:
         conn.execute("PRAGMA synchronous=FULL")
-    if changes:
-        publish(changes, wire)
-        try:
-            fsync_path(Path(f"{db_path}-wal"), missing_ok=False)
-        except OSError as e:
-            raise NotDurable(f"the change log could not be flushed to disk ({e})") from e
+        raise
+    if all(job.error is not None for job in group):  # nothing committed: nothing to flush
+        conn.execute("PRAGMA synchronous=FULL")
+        return changes, wire
+    try:  # from here on the group is committed: any failure means it may not be durable
+        flush_first = any(c["kind"] == "ha" for c in changes)
+        if flush_first:
+            os.fdatasync(wal_fd)
+        if changes:
+            publish(changes, wire)
+        if not flush_first:
+            os.fdatasync(wal_fd)
+        conn.execute("PRAGMA synchronous=FULL")
+    except BaseException as e:
+        raise NotDurable(f"a commit could not be made durable ({type(e).__name__}: {e})",
+                         changes) from e
     return changes, wire
 
 
@@ -142,7 +158,7 @@ def _commit_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: 
 
 
 def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
-                  wire: list[tuple[int, str]], db_path: Path, retention: int) -> None:
+                  wire: list[tuple[int, str]], wal_fd: int, retention: int) -> None:
     """Replay entries, each in its own transaction (appending to `applied` and `wire` as each
     commits). In WAL mode the fsync of the last commit covers every commit before it, so the
     others commit with synchronous=NORMAL: the batch is durable when this returns, at the cost
@@ -169,19 +185,6 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
         if last > 0:
             conn.execute("PRAGMA synchronous=FULL")
         if not synced:  # failed mid-batch: what did commit is made durable all the same
-            fsync_path(Path(f"{db_path}-wal"))
+            os.fdatasync(wal_fd)
     if entries:
         trim_if_due(conn, entries[0]["seq"] - 1, entries[-1]["seq"], retention)
-
-
-def fsync_path(path: Path, missing_ok: bool = True) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        if missing_ok:
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
