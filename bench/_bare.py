@@ -3,7 +3,8 @@
     python -m bench._bare PORT CERT KEY BODY_FILE
 
 The API benchmark's baseline: the same server stack (hypercorn, TLS, drp.server.hypercorn_config)
-doing no work of its own. Prints "ready" once listening; stops on SIGTERM.
+doing no work of its own. Its websocket /echo sends every message back: the replication
+benchmark's transport floor. Prints "ready" once listening; stops on SIGTERM.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 import trio
-from quart import Response
+from quart import Response, websocket
 from quart_trio import QuartTrio
 
 from drp.server import hypercorn_config, serve_app
@@ -24,6 +25,11 @@ def make_app(body: bytes) -> QuartTrio:
     @app.route("/<path:anything>")
     async def constant(anything: str):
         return Response(body, content_type="application/json")
+
+    @app.websocket("/echo")
+    async def echo():
+        while True:
+            await websocket.send(await websocket.receive())
     return app
 
 

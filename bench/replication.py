@@ -7,7 +7,9 @@ In-Sync passive (the same seed data). Clients (threads, keep-alive HTTPS, Bearer
 a profile and then patch it, over and over, for N seconds against the standalone node, then
 against the active; then the same with one client, for the per-write latency synchronous
 replication adds. The setups alternate in slices of ~2 s (standalone, HA, HA, standalone, ...)
-so load from elsewhere on a noisy machine hits both alike. Also reported: server CPU time per write (utime+stime).
+so load from elsewhere on a noisy machine hits both alike. Also reported: server CPU time per
+write (utime+stime), and the floor under the added latency in this run (bench/_floor.py): a
+bare websocket round trip on the replication transport plus one commit's fsync.
 The last line of output is one JSON object.
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import _load
+from bench import _floor, _load
+from bench.api import start_bare
 from tests.drpserver import DrpServer
 from tests.hacluster import Cluster, make_token, wait_in_sync
 
@@ -93,6 +96,16 @@ def run(workdir: Path, clients: int, seconds: float, single_seconds: float,
                 results[(name, n)] = runs
                 show(f"{name} {n} client(s)", summary(runs))
         states = wait_in_sync(active, token, 1)
+        bare, bare_port = start_bare(workdir, standalone_root / "server.crt",
+                                     standalone_root / "server.key", b"{}")
+        try:
+            round_trip = _floor.websocket_round_trip_ms(bare_port)
+        finally:
+            bare.terminate()
+            bare.wait(10)
+        fsync_ms = _floor.commit_fsync_ms(workdir)
+        print(f"floor: websocket round trip p50 {round_trip['p50_ms']:.3f} ms (mean "
+              f"{round_trip['mean_ms']:.3f}) + commit fsync {fsync_ms:.3f} ms", flush=True)
     finally:
         standalone.stop()
         cluster.stop_all()
@@ -116,6 +129,10 @@ def run(workdir: Path, clients: int, seconds: float, single_seconds: float,
         "standalone_cpu_ms_per_write": s16["cpu_ms_per_write"][0],
         "ha_active_cpu_ms_per_write": h16["cpu_ms_per_write"][0],
         "ha_passive_cpu_ms_per_write": h16["cpu_ms_per_write"][1],
+        "floor_ws_round_trip_p50_ms": round_trip["p50_ms"],
+        "floor_ws_round_trip_mean_ms": round_trip["mean_ms"],
+        "floor_commit_fsync_ms": fsync_ms,
+        "floor_single_added_ms": round(round_trip["mean_ms"] + fsync_ms, 3),
         "passive_state_at_end": states[0]["state"] if states else None,
         "target_ratio": 0.8, "target_single_added_ms": 0.5,
     }
