@@ -666,6 +666,18 @@ def test_recent_log_holds_a_bounded_contiguous_tail():
     assert log.after(9, 10) is None and log.after(11, 10) == [(12, "l")]
 
 
+def test_recent_log_reads_from_either_end():
+    """A sender keeping up asks for the last entry or two: taken from the right, not by walking
+    the whole tail; one far behind reads from the left. Both give the same answer."""
+    from drp.store.recent import RecentLog
+    log = RecentLog(keep=100, keep_bytes=1 << 20)
+    log.remember([(seq, str(seq)) for seq in range(1, 101)])
+    for seq in (0, 1, 30, 49, 50, 51, 70, 98, 99, 100):
+        for limit in (1, 2, 10, 60, 500):
+            want = [(s, str(s)) for s in range(seq + 1, min(100, seq + limit) + 1)]
+            assert log.after(seq, limit) == want, (seq, limit)
+
+
 async def test_change_log_is_trimmed_to_retention_when_the_head_passes_a_thousand(store, tmp_path):
     store.retention = 10
 

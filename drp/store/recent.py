@@ -50,4 +50,9 @@ class RecentLog:
         if oldest_kept is not None and seq + 1 < oldest_kept:
             return None
         start = seq + 1 - items[0][0]
+        after = len(items) - start
+        if after <= start:  # nearer the end (a sender keeping up): walk in from the right
+            tail = list(itertools.islice(reversed(items), after))
+            tail.reverse()
+            return tail[:limit]
         return list(itertools.islice(items, start, start + limit))
