@@ -269,3 +269,26 @@ async def test_sigterm_with_an_open_event_stream(drp_factory):
             assert time.monotonic() - started < 2.5
             with pytest.raises(ConnectionClosed):
                 await ws.get_message()
+
+
+def test_a_disk_that_will_not_flush_stops_the_server(drp_factory, tmp_path):
+    """A write whose commit cannot be flushed gets 500 StorageError, and the server stops with
+    exit status 1 (systemd's Restart=on-failure starts it again from what the disk holds)."""
+    flag = tmp_path / "disk-fails"
+    server = drp_factory("flaky", env={"PYTHONPATH": str(Path(__file__).parent / "faults"),
+                                       "DRP_TEST_FAIL_WAL_FLUSH": str(flag)})
+    with server.client() as c:
+        assert c.post("/profiles", json={"Name": "before"}).status_code == 201
+        flag.touch()
+        r = c.post("/profiles", json={"Name": "unflushed"})
+    assert r.status_code == 500, r.text
+    body = r.json()
+    assert body["Type"] == "StorageError" and body["Code"] == 500
+    assert "could not be made durable" in body["Messages"][0]
+    assert server.proc.wait(15) == 1
+    assert re.search(r"CRITICAL drp.store: a commit could not be made durable", server.logs())
+    flag.unlink()
+    server.start()  # what a restart finds: the disk came back
+    with server.client() as c:
+        assert c.get("/profiles/before").status_code == 200
+        assert c.post("/profiles", json={"Name": "after"}).status_code == 201
