@@ -704,3 +704,10 @@ async def test_change_log_is_trimmed_to_retention_when_the_head_passes_a_thousan
     finally:
         source.close()
         replica.close()
+
+
+def test_a_store_needs_write_ahead_logging():
+    """The store flushes its WAL itself; where SQLite cannot keep one it refuses to open."""
+    from drp.store import schema
+    with pytest.raises(sqlite3.OperationalError, match="cannot use write-ahead logging"):
+        schema.connect(":memory:")

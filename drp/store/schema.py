@@ -18,7 +18,12 @@ def connect(path: Path | str) -> sqlite3.Connection:
     # store's limiters make sure only one thread uses it at a time.
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
                            timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":  # the store flushes the WAL itself (store.tx.run_group): it needs one
+        conn.close()
+        raise sqlite3.OperationalError(f"{path}: SQLite cannot use write-ahead logging there "
+                                       f"(journal mode stays {mode!r}); put the base root on "
+                                       "a local filesystem")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=OFF")
     return conn
