@@ -1,7 +1,6 @@
 """The store: change log order under concurrent writers, persistence, and Store itself."""
 from __future__ import annotations
 
-import errno
 import json
 import sqlite3
 import threading
@@ -12,6 +11,7 @@ import trio
 
 from drp.errors import ApiError
 from drp.store.store import Store
+from tests.storeutil import promote, put
 
 # ---- through the HTTP API ---------------------------------------------------------------------
 THREADS = 16
@@ -169,29 +169,6 @@ def rows(db: Path, table: str) -> list[tuple]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
     finally:
         conn.close()
-
-
-def put(kind: str, key: str, body: dict, action: str = "create"):
-    def fn(tx):
-        tx.record(kind, key, action, body)
-        return key
-    return fn
-
-
-def promote(epoch: int, drp_id: str = "n1"):
-    """What bootstrap does first: open an epoch."""
-    def fn(tx):
-        tx.record("ha", drp_id, "promote", {"epoch": epoch, "drp_id": drp_id}, epoch=epoch)
-        tx.epoch = epoch
-    return fn
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(tmp_path / "a.db")
-    await s.write(promote(1))
-    yield s
-    s.close()
 
 
 async def test_write_appends_change_and_object(store):
@@ -434,124 +411,6 @@ async def test_group_whose_commit_fails_reports_every_write_failed(store):
     assert [e["seq"] for e in await store.entries_after(head)] == [head + 1]
 
 
-class _WalFlush:
-    """os.fdatasync, except on the store's WAL descriptor, where a test can hold it or make it
-    fail the way a dying disk does (EIO). A real disk error cannot be produced on demand."""
-
-    def __init__(self, store: Store, monkeypatch):
-        import os
-        self.store, self.real = store, os.fdatasync
-        self.fail = False
-        self.entered, self.release = threading.Event(), threading.Event()
-        self.release.set()
-        self.calls: list[str] = []
-        monkeypatch.setattr(os, "fdatasync", self)
-
-    def __call__(self, fd: int) -> None:
-        if fd != self.store._wal_fd:
-            return self.real(fd)
-        self.calls.append("flush")
-        self.entered.set()
-        if not self.release.wait(10):
-            raise AssertionError("the flush was never released")
-        if self.fail:
-            raise OSError(errno.EIO, "Input/output error")
-        return self.real(fd)
-
-
-async def test_commit_is_published_while_its_flush_runs(store, monkeypatch):
-    """Senders see a group as soon as it commits (so the passives' round trip overlaps this
-    node's flush), but its writes return only once the WAL is on disk."""
-    flush = _WalFlush(store, monkeypatch)
-    flush.release.clear()
-    head = store.head
-    returned = trio.Event()
-
-    async def writer():
-        await store.write(put("profiles", "early", {"Name": "early"}))
-        returned.set()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        with trio.fail_after(10):
-            await store.wait_head_beyond(head)  # published while the flush is held
-        assert await trio.to_thread.run_sync(flush.entered.wait, 10)
-        assert store.head == head + 1 and store.recent.after(head, 10)
-        assert await store.get("profiles", "early") == {"Name": "early"}  # committed
-        await trio.sleep(0.05)
-        assert not returned.is_set()  # not durable yet: the write has not returned
-        flush.release.set()
-    assert returned.is_set() and flush.calls == ["flush"]
-
-
-async def test_a_promotion_is_flushed_before_it_is_published(store, monkeypatch):
-    """The epoch history must never reach a passive and then be lost here."""
-    flush = _WalFlush(store, monkeypatch)
-    published = store._published
-
-    def spy(changes, wire):
-        flush.calls.append("published")
-        published(changes, wire)
-    monkeypatch.setattr(store, "_published", spy)
-    await store.write(promote(2))
-    assert flush.calls == ["flush", "published"]
-
-
-async def test_failed_flush_fails_the_group_and_stops_writes(store, monkeypatch, caplog):
-    """A commit the disk would not flush is reported failed; nothing is written after it (nor
-    replicated entries acknowledged), and the server is told to stop."""
-    flush = _WalFlush(store, monkeypatch)
-    flush.fail = True
-    stopped, seen = [], []
-    store.on_disk_failure = stopped.append
-    store.listeners.append(seen.append)
-    with pytest.raises(ApiError) as info:
-        await store.write(put("profiles", "unflushed", {"Name": "unflushed"}))
-    assert info.value.code == 500 and info.value.type == "StorageError"
-    assert "OSError" in info.value.messages[0] and "restart dr-provision" in info.value.messages[0]
-    assert stopped == info.value.messages
-    assert any(r.levelname == "CRITICAL" for r in caplog.records)
-    # committed and visible (readers, passives, listeners), but reported failed
-    assert await store.get("profiles", "unflushed") is not None
-    assert [[c["key"] for c in batch] for batch in seen] == [["unflushed"]]
-    flush.fail = False  # even with the disk back
-    head = store.head
-    for internal in (False, True):
-        with pytest.raises(ApiError) as info:
-            await store.write(put("profiles", "after", {"Name": "after"}), internal=internal)
-        assert info.value.code == 500
-    with pytest.raises(ApiError):
-        await store.apply_replicated([{"seq": head + 1, "epoch": 1, "time": 0.0,
-                                       "kind": "profiles", "key": "r", "action": "create",
-                                       "body": {"Name": "r"}}])
-    assert store.head == head and await store.get("profiles", "after") is None
-
-
-async def test_a_write_queued_behind_a_lost_flush_is_refused(store, monkeypatch):
-    flush = _WalFlush(store, monkeypatch)
-    flush.release.clear()
-    flush.fail = True
-    outcomes = {}
-
-    async def writer(key):
-        try:
-            await store.write(put("profiles", key, {"Name": key}))
-            outcomes[key] = "ok"
-        except ApiError as e:
-            outcomes[key] = e.code
-    head = store.head
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer, "first")
-        assert await trio.to_thread.run_sync(flush.entered.wait, 10)
-        with trio.fail_after(10):
-            await store.wait_head_beyond(head)  # "first" is published, its flush held
-        nursery.start_soon(writer, "queued")
-        while len(store._queue) < 1:
-            await trio.sleep(0.01)
-        flush.release.set()
-    assert outcomes == {"first": 500, "queued": 500}
-    assert store.head == head + 1 and await store.get("profiles", "queued") is None
-
-
 async def test_cancelled_queued_write_never_happens(store):
     started = trio.Event()
 
@@ -672,7 +531,7 @@ def test_recent_log_reads_from_either_end():
     from drp.store.recent import RecentLog
     log = RecentLog(keep=100, keep_bytes=1 << 20)
     log.remember([(seq, str(seq)) for seq in range(1, 101)])
-    for seq in (0, 1, 30, 49, 50, 51, 70, 98, 99, 100):
+    for seq in (0, 1, 30, 49, 50, 51, 70, 98, 99, 100, 101, 150):
         for limit in (1, 2, 10, 60, 500):
             want = [(s, str(s)) for s in range(seq + 1, min(100, seq + limit) + 1)]
             assert log.after(seq, limit) == want, (seq, limit)
@@ -705,9 +564,3 @@ async def test_change_log_is_trimmed_to_retention_when_the_head_passes_a_thousan
         source.close()
         replica.close()
 
-
-def test_a_store_needs_write_ahead_logging():
-    """The store flushes its WAL itself; where SQLite cannot keep one it refuses to open."""
-    from drp.store import schema
-    with pytest.raises(sqlite3.OperationalError, match="cannot use write-ahead logging"):
-        schema.connect(":memory:")

@@ -90,9 +90,10 @@ def area_root(base_root: Path | str, area: str) -> Path:
     return Path(base_root, *AREAS[area])
 
 
-# The areas the static file server serves (it serves tftpboot/): its first path segment -> area.
-STATIC_AREAS = {"/".join(where[1:]): area for area, where in AREAS.items()
-                if where[0] == "tftpboot"}
+# The areas the static file server serves (it serves tftpboot/), by their directory there: one
+# path segment each (files, isos), which is what static_blob matches.
+STATIC_AREAS = {where[1]: area for area, where in AREAS.items() if where[0] == "tftpboot"}
+assert all(len(AREAS[area]) == 2 for area in STATIC_AREAS.values())
 
 
 def static_url(path: str) -> str | None:

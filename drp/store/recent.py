@@ -50,7 +50,9 @@ class RecentLog:
         if oldest_kept is not None and seq + 1 < oldest_kept:
             return None
         start = seq + 1 - items[0][0]
-        after = len(items) - start
+        after = len(items) - start  # how many are held after seq
+        if after <= 0:
+            return []
         if after <= start:  # nearer the end (a sender keeping up): walk in from the right
             tail = list(itertools.islice(reversed(items), after))
             tail.reverse()

@@ -24,11 +24,11 @@ from typing import Any, Callable, ContextManager
 import trio
 
 from drp.errors import ApiError
-from drp.store import schema
+from drp.store import schema, snapshot
 from drp.store.apply import row_entry, wire_text
 from drp.store.cache import ObjectCache
 from drp.store.recent import RecentLog
-from drp.store.tx import MAX_GROUP, Job, NotDurable, Tx, apply_entries, rollback_open, run_group
+from drp.store.tx import MAX_GROUP, Job, NotDurable, Tx, apply_entries, run_group
 
 log = logging.getLogger("drp.store")
 
@@ -267,7 +267,7 @@ class Store:
             self._queue.popleft()
             job.taken = True
             if self.disk_failure:  # an earlier group lost the disk while this one queued
-                job.error = ApiError(500, self.disk_failure, type_="StorageError")
+                job.error = self._disk_error()
                 job.done = True
                 continue
             if self.refuse_writes and not job.internal:  # the role changed while it queued
@@ -283,7 +283,7 @@ class Store:
         def publish(committed: list[dict], wire: list[tuple[int, str]]) -> None:
             # From the worker thread, between COMMIT and fsync. Runs on the event loop before
             # the thread's result is delivered (one FIFO queue), so before this group returns.
-            token.run_sync_soon(self._published, committed, wire)
+            token.run_sync_soon(self._publish_committed, committed, wire)
         try:
             with ExitStack() as stack:
                 for job in group:
@@ -313,9 +313,9 @@ class Store:
         return run_group(self._writer_conn, group, self.head, self.epoch, self.retention,
                          self._wal_fd, publish)
 
-    def _published(self, changes: list[dict], wire: list[tuple[int, str]]) -> None:
-        """A group just committed: readers and replication senders see it from now on.
-        Runs as a trio callback, where an exception would end the whole server."""
+    def _publish_committed(self, changes: list[dict], wire: list[tuple[int, str]]) -> None:
+        """Entries just committed: readers and replication senders see them from now on.
+        Also a trio callback (run_group's publish), where an exception would end the server."""
         try:
             self.recent.remember(wire)
             self._bump_versions(changes)
@@ -327,9 +327,12 @@ class Store:
         finally:  # the next group must never reuse these seqs
             self._set_position(changes[-1]["seq"], self.epoch_after(changes))
 
+    def _disk_error(self) -> ApiError:
+        return ApiError(500, self.disk_failure, type_="StorageError")
+
     def _check_disk(self) -> None:
         if self.disk_failure:
-            raise ApiError(500, self.disk_failure, type_="StorageError")
+            raise self._disk_error()
 
     def _lost_the_disk(self, group: list[Job], error: NotDurable) -> None:
         """The group committed (readers and passives may have it) but is not known to be on
@@ -340,7 +343,7 @@ class Store:
         log.critical("%s", self.disk_failure)
         for job in group:
             job.result, job.changes = None, []
-            job.error = ApiError(500, self.disk_failure, type_="StorageError")
+            job.error = self._disk_error()
         if error.changes:  # readers see them: so do listeners
             self._notify(error.changes)
         if self.on_disk_failure is not None:
@@ -355,70 +358,42 @@ class Store:
 
     async def apply_replicated(self, entries: list[dict]) -> None:
         """A passive's replay: each entry in its own transaction, position included. Durable
-        when this returns: only the last commit of the batch waits for the disk (in WAL mode
-        its fsync covers every commit before it), so a batch costs one fsync, not one each."""
+        when this returns: the batch costs one flush of the WAL, not one per entry. A flush
+        that fails stops this node as it would an active (_lost_the_disk)."""
         if not entries:
             return
         self._check_disk()  # never acknowledge entries as durable on a disk that lost some
         applied: list[dict] = []
         wire: list[tuple[int, str]] = []
+        lost: NotDurable | None = None
         async with self._writer:
             try:
                 await trio.to_thread.run_sync(apply_entries, self._writer_conn, entries, applied,
                                              wire, self._wal_fd, self.retention)
+            except NotDurable as e:
+                lost = e
             finally:
                 # Entries before a failing one are committed: the position must say so, or
                 # the next write would reuse their seqs.
                 if applied:
-                    self.recent.remember(wire)
-                    self._bump_versions(applied)
-                    self._set_position(applied[-1]["seq"], self.epoch_after(applied))
+                    self._publish_committed(applied, wire)
+        if lost is not None:
+            self._lost_the_disk([], lost)  # tells the listeners
+            self._check_disk()  # raises: the batch must not be acknowledged
         self._notify(applied)
 
     # ---- snapshots (full catch-up) ----------------------------------------------------------
     async def snapshot_into(self, dest: Path) -> int:
         """A consistent copy of the whole database at the returned seq (VACUUM INTO)."""
-        def run(conn):
-            dest.unlink(missing_ok=True)
-            conn.execute("VACUUM INTO ?", (str(dest),))
-            snap = sqlite3.connect(str(dest))
-            try:
-                snap.execute("DELETE FROM local")
-                snap.commit()
-                return snap.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
-            finally:
-                snap.close()
-        # VACUUM INTO cannot run on a query_only connection; use a fresh one in the thread.
-        def fresh():
-            conn = schema.connect(self.path)
-            try:
-                return run(conn)
-            finally:
-                conn.close()
-        return await trio.to_thread.run_sync(fresh)
+        return await trio.to_thread.run_sync(snapshot.vacuum_into, self.path, dest)
 
     async def install_snapshot(self, snap: Path) -> None:
         """Replace every replicated table with the snapshot's, in one transaction."""
         self._check_disk()
-        def run():
-            conn = self._writer_conn
-            conn.execute("ATTACH DATABASE ? AS snap", (str(snap),))
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for table in schema.REPLICATED_TABLES:
-                        conn.execute(f"DELETE FROM main.{table}")
-                        conn.execute(f"INSERT INTO main.{table} SELECT * FROM snap.{table}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    rollback_open(conn)
-                    raise
-            finally:
-                conn.execute("DETACH DATABASE snap")
-            return self._read_position(conn)
         async with self._writer:
             try:
-                head, epoch = await trio.to_thread.run_sync(run)
+                await trio.to_thread.run_sync(snapshot.install, self._writer_conn, snap)
+                head, epoch = self._read_position(self._writer_conn)
             finally:
                 self._all_version += 1
                 self.recent.clear()

@@ -5,8 +5,8 @@
   its seqs are reused by the next write: the change log stays gap-free. The commit is
   published (handed to the replication senders) before its fsync, so the passives' round trip
   overlaps this node's disk flush; the writes are reported done only after both.
-- apply_entries: a passive's replay, each entry in its own transaction; only the batch's last
-  commit waits for the disk.
+- apply_entries: a passive's replay, each entry in its own transaction; one flush of the WAL
+  at the end of the batch.
 """
 from __future__ import annotations
 
@@ -160,17 +160,12 @@ def _commit_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: 
 def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
                   wire: list[tuple[int, str]], wal_fd: int, retention: int) -> None:
     """Replay entries, each in its own transaction (appending to `applied` and `wire` as each
-    commits). In WAL mode the fsync of the last commit covers every commit before it, so the
-    others commit with synchronous=NORMAL: the batch is durable when this returns, at the cost
-    of one fsync."""
-    last = len(entries) - 1
-    synced = True
+    commits) without waiting for the disk; then one flush of the WAL (`wal_fd`, as in
+    run_group) makes the batch durable — what committed before a failing entry too. Raises
+    NotDurable when that flush fails: nothing may then be acknowledged."""
+    conn.execute("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
     try:
-        for i, entry in enumerate(entries):
-            if i == 0 and last > 0:
-                conn.execute("PRAGMA synchronous=NORMAL")
-            elif i == last and last > 0:
-                conn.execute("PRAGMA synchronous=FULL")
+        for entry in entries:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = apply_change(conn, entry)
@@ -178,13 +173,15 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
             except BaseException:
                 rollback_open(conn)
                 raise
-            synced = i == last
             applied.append(entry)
             wire.append((entry["seq"], wire_text(row)))
     finally:
-        if last > 0:
+        try:
+            if applied:
+                os.fdatasync(wal_fd)
             conn.execute("PRAGMA synchronous=FULL")
-        if not synced:  # failed mid-batch: what did commit is made durable all the same
-            os.fdatasync(wal_fd)
+        except BaseException as e:  # replaces whatever else went wrong: this matters more
+            raise NotDurable(f"replicated entries could not be made durable "
+                             f"({type(e).__name__}: {e})", list(applied)) from e
     if entries:
         trim_if_due(conn, entries[0]["seq"] - 1, entries[-1]["seq"], retention)
