@@ -1,6 +1,7 @@
 """Files, ISOs, plugin providers and job logs through a real dr-provision process."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import socket
@@ -311,6 +312,36 @@ def test_upload_streams_in_constant_memory(drp):
         assert got == size
     growth = hwm() - before
     assert growth < 64 << 20, f"server peak RSS grew by {growth >> 20} MiB for a 384 MiB file"
+
+
+def test_a_client_that_hangs_up_before_the_reply_leaves_no_file_open(drp):
+    """A GET whose client is gone before its response starts: the handler is cancelled before
+    Quart reads the body; the file it opened must be closed all the same (an operator's
+    script that gives up, a passive switching roles: each used to leak one descriptor)."""
+    with drp.client() as c:
+        assert c.post("/files/big.bin", content=os.urandom(1 << 20)).status_code == 201
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    auth = base64.b64encode(b"rocketskates:r0cketsk8ts").decode()
+    for _ in range(10):
+        with ctx.wrap_socket(socket.create_connection((drp.host, drp.api_port))) as tls:
+            tls.sendall(f"GET /api/v3/files/big.bin HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Basic {auth}\r\n\r\n".encode())
+
+    def held() -> int:
+        count = 0
+        for fd in Path(f"/proc/{drp.proc.pid}/fd").iterdir():
+            try:
+                count += os.readlink(fd).endswith("/big.bin")
+            except FileNotFoundError:  # closed while we looked
+                pass
+        return count
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert held() == 0
+    with drp.client() as c:  # and the server serves it as before
+        assert len(c.get("/files/big.bin").content) == 1 << 20
 
 
 def test_restart_keeps_everything(drp_factory):

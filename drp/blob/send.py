@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,10 +37,17 @@ class Opened:
     recorded_size: int | None = None  # the size in the store's blobs row, if it has one
     data: bytes | None = None  # the whole file, read when it was opened (fd is then None)
 
+    def __post_init__(self) -> None:
+        # A reply can be dropped unsent: a client that hangs up before its response starts
+        # gets its handler cancelled before Quart enters the body, whose exit would close
+        # the file. The descriptor is closed then too, once nothing refers to this any more.
+        self._closer = None if self.fd is None else weakref.finalize(self, os.close, self.fd)
+
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self._closer is not None:
+            self._closer()  # runs at most once, and never again when collected
+            self._closer = None
+        self.fd = None
 
 
 class FdBody(ResponseBody):
