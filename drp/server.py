@@ -1,6 +1,7 @@
 """dr-provision: config → store → one root nursery (API, static files, metrics, signals, HA)."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -115,6 +116,12 @@ class Server:
                 await nursery.start(run_ha)
             else:
                 node.status_line("standalone: serving")
+            # What starting made (modules, the app, its routes: ~80k objects) lives as long as
+            # the process: kept out of the collector's sight, full collections stop walking it,
+            # which stalled every request in flight for 30-60 ms every few seconds under load
+            # (16 writers, two HA clusters side by side: p99 94 -> 50 ms).
+            gc.collect()  # the garbage of starting up is not kept forever
+            gc.freeze()
             systemd.notify("READY=1")
             interval = systemd.watchdog_interval()
             if interval:
