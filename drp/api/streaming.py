@@ -125,6 +125,7 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
       client went away mid-request, e.g. a cut-off upload)."""
 
     _response_done = False
+    _body_ended = False  # the client sent the whole request body
 
     async def handle_messages(self, nursery, request, receive) -> None:  # type: ignore
         body = request.body
@@ -133,6 +134,7 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
             if message["type"] == "http.request":
                 body.append(message.get("body", b""))
                 if not message.get("more_body", False):
+                    self._body_ended = True
                     body.set_complete()
                 elif isinstance(body, BoundedBody):
                     await body.wait_room()
@@ -143,6 +145,12 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
 
     async def handle_request(self, nursery, request, send) -> None:  # type: ignore
         async def tracking_send(message) -> None:
+            if message["type"] == "http.response.start" and not self._body_ended:
+                # Answered before the request body was all in (an early error, a GET with a
+                # body): hypercorn closes the connection after this reply, so the reply says
+                # so; else a client sends its next request into a closing connection.
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"connection", b"close")]}
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self._response_done = True
                 if isinstance(request.body, BoundedBody):

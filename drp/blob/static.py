@@ -110,12 +110,10 @@ class StaticServer:
             request = await self._next_event(stream, conn, KEEP_ALIVE)
             if not isinstance(request, h11.Request):
                 return  # closed by the client, or idle too long
+            # A GET has no body: its end is already here. A request with a body is answered
+            # without reading it, and the reply closes the connection (see _send).
+            conn.next_event()
             await self._respond(stream, conn, request)
-            # A GET has no body: its end is already here. A body we did not read, or a
-            # response that asked to close: end the connection rather than read on.
-            if conn.their_state is h11.SEND_BODY and \
-                    not isinstance(conn.next_event(), h11.EndOfMessage):
-                return
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
@@ -136,8 +134,7 @@ class StaticServer:
         head = method == "HEAD"
         if method not in ("GET", "HEAD"):
             await self._send_error(stream, conn, head, 405, f"{method} is not allowed: the "
-                                   "static file server is read-only", {"Allow": "GET, HEAD"},
-                                   close=True)
+                                   "static file server is read-only", {"Allow": "GET, HEAD"})
             return
         target = request.target.decode("ascii", "replace")
         if not target.startswith("/"):  # absolute form: http://host/path
@@ -189,7 +186,7 @@ class StaticServer:
                           extra: dict | None = None, close: bool = False, key: str = "") -> None:
         body = json.dumps(ApiError(code, message, model="files", key=key).body()).encode()
         headers = {"Content-Type": "application/json", **(extra or {})}
-        if close:  # the client may still be sending a body we will not read
+        if close:  # after a protocol or internal error: end the connection
             headers["Connection"] = "close"
         await self._send(stream, conn, head, code, headers, body)
 
@@ -197,6 +194,8 @@ class StaticServer:
                     body: bytes | _FileRange | None) -> None:
         if isinstance(body, bytes) and "Content-Length" not in headers:
             headers = {**headers, "Content-Length": str(len(body))}
+        if conn.their_state is not h11.DONE:  # a request body we will not read
+            headers = {**headers, "Connection": "close"}
         await self._send_bytes(stream, conn.send(h11.Response(
             status_code=status, headers=list(headers.items()))))
         if body and not head:
