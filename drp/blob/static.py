@@ -5,9 +5,9 @@ and ISOs to passives catching up.
 HTTP/1.1 through h11 on trio rather than Quart on hypercorn, because file bodies go out with
 sendfile(2), from the page cache straight to the socket, where hypercorn takes every MiB
 through a worker-thread pread and Python: server CPU per GiB served to four clients,
-0.5-0.7 vs 1.3-1.8 seconds here. Range, If-None-Match and HEAD are answered as the API answers them
-(drp.blob.send.plan_reply). It never lists directories, and never serves anything whose real
-path (symlinks resolved) is outside tftpboot/.
+0.5-0.7 vs 1.3-1.8 seconds here. Range, If-None-Match and HEAD are answered as the API
+answers them (drp.blob.send.plan_reply). It never lists directories, and never serves
+anything whose real path (symlinks resolved) is outside tftpboot/.
 """
 from __future__ import annotations
 

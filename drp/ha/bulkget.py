@@ -73,24 +73,23 @@ class Pool:
         """A new connection, tagged with the fingerprint it was checked against: it is
         pooled only while that is still the one to trust."""
         expected = self.fingerprint
-        if not self.https:
+        if self.https:
+            conn = http.client.HTTPSConnection(self.host, self.port,
+                                               timeout=self.connect_timeout,
+                                               context=self.ssl_context)
+        else:
             conn = http.client.HTTPConnection(self.host, self.port,
                                               timeout=self.connect_timeout)
-            conn.connect()
-            conn.sock.settimeout(self.timeout)
-            conn.checked_fingerprint = expected
-            return conn
-        conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
-                                           context=self.ssl_context)
         conn.connect()
-        conn.sock.settimeout(self.timeout)
-        seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True) or b"").hexdigest()
-        if seen != expected:
-            conn.close()
-            raise CertificateMismatch(
-                f"{self.host}:{self.port} presented a certificate (sha256 {seen[:16]}…) other "
-                f"than the active's the replication stream pinned "
-                f"({(expected or 'none yet')[:16]}…): not sending the token there")
+        conn.sock.settimeout(self.timeout)  # connect_timeout was for the connect only
+        if self.https:
+            seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True) or b"").hexdigest()
+            if seen != expected:
+                conn.close()
+                raise CertificateMismatch(
+                    f"{self.host}:{self.port} presented a certificate (sha256 {seen[:16]}…) "
+                    f"other than the active's the replication stream pinned "
+                    f"({(expected or 'none yet')[:16]}…): not sending the token there")
         conn.checked_fingerprint = expected
         return conn
 

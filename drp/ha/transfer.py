@@ -141,8 +141,9 @@ class Fetcher:
         """Fetch files and ISOs from the active's static file server on `port` (0: none), on
         the host the API is reached at: plain HTTP, no token, as machines being provisioned
         get them. Neither side pays for TLS, and that server sends files with sendfile
-        (`bench catchup` here: ~1.8x the bytes per second); each file must match the sha256 the authenticated stream gave for it, and
-        anything it does not serve right is fetched over the API port instead."""
+        (`bench catchup` here: ~1.8x the bytes per second); each file must match the sha256
+        the authenticated stream gave for it, and anything it does not serve right is
+        fetched over the API port instead."""
         if self.static is None or self.static.port != port:
             old, self.static = self.static, None
             if old is not None:
