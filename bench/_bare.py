@@ -2,7 +2,7 @@
 
     python -m bench._bare PORT CERT KEY BODY_FILE
 
-The API benchmark's baseline: the same server stack (hypercorn, TLS, drp.server.hypercorn_config)
+The API benchmark's baseline: the same server stack (hypercorn, TLS, drp.serving.hypercorn_config)
 doing no work of its own. Its websocket /echo sends every message back: the replication
 benchmark's transport floor. Prints "ready" once listening; stops on SIGTERM.
 """
@@ -16,7 +16,7 @@ import trio
 from quart import Response, websocket
 from quart_trio import QuartTrio
 
-from drp.server import hypercorn_config, serve_app
+from drp.serving import hypercorn_config, serve_app
 
 
 def make_app(body: bytes) -> QuartTrio:

@@ -7,6 +7,7 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
 import time
 
@@ -24,6 +25,12 @@ def hash_password(password: str) -> str:
     digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
     return "scrypt$%d$%d$%d$%s$%s" % (_SCRYPT["n"], _SCRYPT["r"], _SCRYPT["p"],
                                       salt.hex(), digest.hex())
+
+
+# What a login for an unknown user (or one with no password) is checked against: the same
+# scrypt cost as a real user's hash, so the time taken does not tell which users exist.
+DUMMY_HASH = "scrypt$%d$%d$%d$%s$%s" % (_SCRYPT["n"], _SCRYPT["r"], _SCRYPT["p"], "00" * 16,
+                                        "00" * 32)
 
 
 def check_password(password: str, stored: str) -> bool:
@@ -63,27 +70,61 @@ def make_token(secret: str, user: str, ttl: float, user_secret: str = "",
     return f"{payload}.{_b64(sig)}", claims
 
 
-def token_user(token: str) -> str:
-    """The user a token claims to be for (unverified: look up their secret, then verify)."""
+# Bounds on what is read from a token before its signature is checked: a token is the only
+# input an unauthenticated client controls that we decode, so it must stay small and typed.
+MAX_TOKEN_CHARS = 4096
+MAX_NAME_CHARS = 1024
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _parts(token: str) -> tuple[str, bytes]:
+    """(payload text, signature bytes) of a well-formed "<payload>.<sig>", or TokenError."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise TokenError(f"garbled token (more than {MAX_TOKEN_CHARS} characters)")
+    payload, dot, sig = token.partition(".")
+    if not dot or not _B64URL.fullmatch(payload) or not _B64URL.fullmatch(sig):
+        raise TokenError("garbled token (want <base64url payload>.<base64url signature>)")
     try:
-        payload = token.split(".")[0]
-        return json.loads(_unb64(payload))["u"]
-    except Exception:
-        raise TokenError("garbled token") from None
+        return payload, _unb64(sig)
+    except ValueError:
+        raise TokenError("garbled token (signature is not base64url)") from None
+
+
+def _claims(payload: str) -> dict:
+    try:
+        claims = json.loads(_unb64(payload))
+    except (ValueError, RecursionError):  # not base64, not UTF-8, not JSON, nested too deep
+        raise TokenError("garbled token (payload is not base64url JSON)") from None
+    if not isinstance(claims, dict):
+        raise TokenError("garbled token (payload is not a JSON object)")
+    return claims
+
+
+def token_user(token: str) -> str:
+    """The user a token claims to be for, UNVERIFIED. The signing key is the cluster secret plus
+    that user's own secret, so the claim must be read before the signature can be checked: it is
+    only ever used as a lookup key, after checking it is a short string (a dict or list there
+    must not reach a cache as a key); verify_token then checks the HMAC before any claim is
+    trusted."""
+    name = _claims(_parts(token)[0]).get("u")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+        raise TokenError(f"garbled token (claim u must be a user name of 1-{MAX_NAME_CHARS} "
+                         "characters)")
+    return name
 
 
 def verify_token(secret: str, token: str, user_secret: str = "",
                  now: float | None = None) -> dict:
-    try:
-        payload, sig = token.split(".")
-        want = hmac.new((secret + user_secret).encode(), payload.encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(_unb64(sig), want):
-            raise TokenError("token signature does not match this cluster")
-        claims = json.loads(_unb64(payload))
-    except TokenError:
-        raise
-    except Exception:
-        raise TokenError("garbled token") from None
-    if (time.time() if now is None else now) >= claims.get("exp", 0):
+    """The token's claims, after its signature is checked, then the claims' types and expiry."""
+    payload, sig = _parts(token)
+    want = hmac.new((secret + user_secret).encode(), payload.encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(sig, want):
+        raise TokenError("token signature does not match this cluster (or its user is gone)")
+    claims = _claims(payload)
+    exp = claims.get("exp")
+    if not isinstance(claims.get("u"), str) or isinstance(exp, bool) \
+            or not isinstance(exp, (int, float)) or math.isnan(exp):
+        raise TokenError("garbled token (claims u and exp must be a name and a number)")
+    if (time.time() if now is None else now) >= exp:
         raise TokenError("token expired")
     return claims

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ def parse_duration(text: str) -> float:
         if not parts or "".join(n + u for n, u in parts) != s:
             raise ValueError("expected seconds or a duration like 30s, 10m, 3h, 7d, 3y") from None
         value = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(value):  # inf, nan, 1e400: no real duration (and nan < 0 is False)
+        raise ValueError(f"{s[:40]} is not a finite duration")
     if value < 0:
         raise ValueError("a duration cannot be negative")
     return value
@@ -81,12 +84,48 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
+               "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '1048576', '512KiB', '4MiB', '1GiB' (K/M/G are powers of 1024)."""
+    m = re.fullmatch(r"(\d+)\s*([a-z]*)", str(text).strip().lower())
+    if not m or m.group(2) not in _SIZE_UNITS:
+        raise ValueError("expected bytes or a size like 512KiB, 4MiB, 1GiB")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def _limit_size(text: str) -> int:
+    value = parse_size(text)
+    if not 1 << 10 <= value <= 1 << 40:
+        raise ValueError("must be from 1KiB to 1TiB")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if not 0 < value < float("inf"):
+        raise ValueError("must be more than 0 and finite")
+    return value
+
+
+def _threads(text: str) -> int:
+    """A thread count, or "auto": half the CPUs (at least 1), leaving the rest for serving."""
+    if str(text).strip().lower() == "auto":
+        return max(1, (os.cpu_count() or 2) // 2)
+    return _positive_int(text)
+
+
 # name, parser, default, what a good value looks like, help
 OPTIONS = [
     ("base-root", Path, "/var/lib/dr-provision", "a directory path", "where all data is kept"),
     ("api-port", _port, "8092", "a port number 0-65535", "HTTPS API port"),
     ("static-port", _port, "8091", "a port number 0-65535", "plain HTTP static file port"),
     ("metrics-port", _port, "8080", "a port number 0-65535 (0 = off)", "Prometheus metrics port"),
+    ("api-address", _ip, "0.0.0.0", "an IP address to listen on like 127.0.0.1 (0.0.0.0 = all)", "address the API listens on"),
+    ("static-address", _ip, "0.0.0.0", "an IP address to listen on like 127.0.0.1 (0.0.0.0 = all)", "address the static file server listens on"),
+    ("metrics-address", _ip, "0.0.0.0", "an IP address to listen on like 127.0.0.1 (0.0.0.0 = all)", "address the metrics port listens on"),
     ("static-ip", _ip, None, "an IP address like 192.168.124.10", "this node's own address"),
     ("drp-id", str, None, "a non-empty id", "this node's id (default: lowest NIC MAC)"),
     ("tls-cert", Path, None, "a PEM certificate file", "TLS certificate"),
@@ -103,6 +142,22 @@ OPTIONS = [
     ("ha-sync-timeout", parse_duration, "5s", "a duration like 5s", "how long an In-Sync passive may hold a write"),
     ("ha-handover-timeout", parse_duration, "10s", "a duration like 10s", "how long a graceful switch to passive waits for passives"),
     ("ha-log-retention", _positive_int, "100000", "a number of entries, at least 1", "change-log entries kept for resuming passives"),
+    # input bounds (drp/api/limits.py): each refusal names its flag
+    ("max-object-size", _limit_size, "4MiB", "a size like 4MiB (1KiB to 1TiB)", "largest JSON body (objects, users, passwords, patches) and largest patched object"),
+    ("max-content-size", _limit_size, "32MiB", "a size like 32MiB (1KiB to 1TiB)", "largest content bundle body (a bundle holds many objects)"),
+    ("max-yaml-alias-nodes", _positive_int, "100000", "a number of nodes, at least 1", "nodes YAML aliases may add to a content bundle once expanded"),
+    ("max-patch-ops", _positive_int, "1000", "a number of operations, at least 1", "operations one JSON Patch may hold"),
+    ("max-log-append", _limit_size, "4MiB", "a size like 4MiB (1KiB to 1TiB)", "largest job-log append (one PUT /jobs/<uuid>/log)"),
+    ("max-log-appends-in-flight", _positive_int, "8", "a number of appends, at least 1", "job-log appends received at once; more wait, then get 429"),
+    ("body-timeout", parse_duration, "30s", "a duration like 30s (0 = never)", "a request body that sends nothing for this long is refused (408)"),
+    ("send-timeout", parse_duration, "30s", "a duration like 30s (0 = never)", "an API connection whose peer takes none of a reply's bytes for this long is closed (e.g. a /ws subscriber that stopped reading)"),
+    # password guessing (drp/api/throttle.py) and tokens
+    ("max-token-ttl", _positive_duration, "3y", "a duration like 3y or 90d", "longest ttl a token may be made with"),
+    ("auth-hash-threads", _threads, "auto", "a number of threads, at least 1, or auto (half the CPUs)", "password hashes (scrypt, 16 MiB each) run at once"),
+    ("auth-hash-queue", _positive_int, "16", "a number of logins, at least 1", "password checks waiting for a hash thread before 429"),
+    ("auth-user-failures", _positive_int, "5", "a number of logins, at least 1", "failed logins per user name per minute before backoff"),
+    ("auth-source-failures", _positive_int, "10", "a number of logins, at least 1", "failed logins per source address per minute before backoff"),
+    ("auth-max-backoff", _positive_duration, "30s", "a duration like 30s", "longest wait (Retry-After) imposed after failed logins"),
 ]
 
 _LEVELS = {"debug", "info", "warn", "warning", "error"}
@@ -114,6 +169,9 @@ class Config:
     api_port: int
     static_port: int
     metrics_port: int
+    api_address: str
+    static_address: str
+    metrics_address: str
     static_ip: str | None
     drp_id: str | None
     tls_cert: Path | None
@@ -130,6 +188,20 @@ class Config:
     ha_sync_timeout: float
     ha_handover_timeout: float
     ha_log_retention: int
+    max_object_size: int
+    max_content_size: int
+    max_yaml_alias_nodes: int
+    max_patch_ops: int
+    max_log_append: int
+    max_log_appends_in_flight: int
+    body_timeout: float
+    send_timeout: float
+    max_token_ttl: float
+    auth_hash_threads: int
+    auth_hash_queue: int
+    auth_user_failures: int
+    auth_source_failures: int
+    auth_max_backoff: float
 
     @property
     def join_url(self) -> str | None:
@@ -192,11 +264,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{flag}: {str(path)!r} does not exist; want a PEM file")
     if cfg.base_root.exists() and not cfg.base_root.is_dir():
         raise ConfigError(f"--base-root: {str(cfg.base_root)!r} is not a directory")
-    ports = [(f, p) for f, p in (("--api-port", cfg.api_port), ("--static-port", cfg.static_port),
-                                 ("--metrics-port", cfg.metrics_port)) if p]
-    for i, (f1, p1) in enumerate(ports):
-        for f2, p2 in ports[i + 1:]:
-            if p1 == p2:
+    ports = [(f, p, a) for f, p, a in (("--api-port", cfg.api_port, cfg.api_address),
+                                       ("--static-port", cfg.static_port, cfg.static_address),
+                                       ("--metrics-port", cfg.metrics_port, cfg.metrics_address))
+             if p]
+    for i, (f1, p1, a1) in enumerate(ports):
+        for f2, p2, a2 in ports[i + 1:]:
+            # one port on two different addresses is fine; a wildcard address takes them all
+            if p1 == p2 and (a1 == a2 or _wildcard(a1) or _wildcard(a2)):
                 raise ConfigError(f"{f2}: {p2} is already used by {f1}; want a different port")
     if cfg.ha_interface and not interface_exists(cfg.ha_interface):
         raise ConfigError(f"--ha-interface: no network interface named {cfg.ha_interface!r}; "
@@ -212,6 +287,10 @@ def _validate(cfg: Config) -> None:
             env = "RS_" + flag[2:].upper().replace("-", "_")
             good = next(o[3] for o in OPTIONS if o[0] == flag[2:])
             raise ConfigError(f"{flag} (or {env}) is required with --ha-enabled; want {good}")
+
+
+def _wildcard(address: str) -> bool:
+    return ipaddress.ip_address(address).is_unspecified
 
 
 def interface_exists(name: str) -> bool:

@@ -6,8 +6,9 @@ class ApiError(Exception):
     """An error a client gets back as dr-provision's error body with HTTP status `code`."""
 
     def __init__(self, code: int, *messages: str, model: str = "", key: str = "",
-                 type_: str = "API_ERROR"):
+                 type_: str = "API_ERROR", headers: dict | None = None):
         super().__init__("; ".join(messages))
+        self.headers = headers or {}  # e.g. Retry-After on a 429
         self.code = code
         self.messages = list(messages)
         self.model = model

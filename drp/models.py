@@ -65,13 +65,18 @@ KINDS: dict[str, Kind] = {
         Kind("users", "user", "Name",
              {"Roles": _LIST, "Secret": _STR, "PasswordHash": _STR}, required=("Name",)),
         Kind("prefs", "pref", "Name", {"Val": _STR}, required=("Name", "Val")),
+        Kind("roles", "role", "Name", {"Claims": _LIST}, required=("Name",)),
     ]
 }
 
 # Fields the server owns: clients may send them but they are recomputed on every write.
 SERVER_FIELDS = ("Validated", "Available", "Errors", "ReadOnly", "Bundle")
+CLAIM_FIELDS = {"Scope", "Action", "Specific"}  # a role's claims (dr-provision's Claim)
 # Fields never sent to clients.
 HIDDEN_FIELDS = {"users": ("PasswordHash", "Secret")}
+# A field besides the key that is unique within its kind (machines: Name). The store keeps its
+# value in an indexed column (objects.name), so checking it is a lookup, not a scan of bodies.
+UNIQUE_FIELDS = {"machines": "Name"}
 
 
 def kind_or_404(name: str) -> Kind:
@@ -121,6 +126,8 @@ def normalize(kind: Kind, obj, *, key: str | None = None, readonly: bool = False
     for name, default in (("Params", {}), ("Meta", {})):
         obj.setdefault(name, default)
     if kind.name == "users":
+        # A user created without Roles is a superuser (only a superuser may create users);
+        # Roles: [] means no claims at all. An update without Roles keeps the current ones.
         obj.setdefault("Roles", ["superuser"])
     obj.update(Validated=True, Available=True, Errors=[], ReadOnly=readonly)
     if bundle:
@@ -152,6 +159,15 @@ def _kind_checks(kind: str, obj: dict) -> list[str]:
             ipaddress.ip_network(obj["Subnet"], strict=False)
         except ValueError:
             problems.append(f"Subnet {obj['Subnet']!r} is not a CIDR (e.g. 10.0.0.0/24)")
+    if kind == "users" and isinstance(obj.get("Roles"), list):
+        if not all(isinstance(r, str) and r for r in obj["Roles"]):
+            problems.append("Roles must be a list of role names (non-empty strings)")
+    if kind == "roles" and isinstance(obj.get("Claims"), list):
+        for i, claim in enumerate(obj["Claims"]):
+            if not isinstance(claim, dict) or set(claim) - CLAIM_FIELDS or not all(
+                    isinstance(claim.get(f, ""), str) for f in CLAIM_FIELDS):
+                problems.append(f"Claims[{i}] must be an object of strings: Scope, Action, "
+                                "Specific (each a comma-separated list or *)")
     if kind == "jobs" and obj.get("State") not in (None, "created", "running", "failed",
                                                    "finished", "incomplete"):
         problems.append("State must be one of created, running, failed, finished, incomplete")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from drp import __version__, auth
+from drp.claims import BUILTIN_ROLES, SUPERUSER_ROLE
 from drp.config import Config
 from drp.store.store import Store
 
@@ -99,6 +100,11 @@ def bootstrap(tx, drp_id: str) -> bool:
         created = True
     if tx.get("secrets", "token") is None:
         tx.record("secrets", "token", "create", {"Name": "token", "Secret": auth.new_secret()})
+        created = True
+    if tx.get("roles", SUPERUSER_ROLE) is None:  # also for a store from before roles
+        tx.record("roles", SUPERUSER_ROLE, "create", {
+            **BUILTIN_ROLES[SUPERUSER_ROLE], "Params": {}, "Validated": True, "Available": True,
+            "Errors": [], "ReadOnly": False})
         created = True
     if not tx.query("SELECT 1 FROM objects WHERE kind='users' LIMIT 1"):
         tx.record("users", auth.DEFAULT_USER, "create", {

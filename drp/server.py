@@ -6,14 +6,12 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from drp import config as configmod, node as nodemod, systemd, tls
 from drp.config import Config, ConfigError
+from drp.serving import hypercorn_config, serve_app
 from drp.store.store import Store
 
 log = logging.getLogger("drp.server")
@@ -28,23 +26,6 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
     for noisy in ("hypercorn.access", "httpx", "httpcore", "trio-websocket", "scapy.runtime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def hypercorn_config(port: int, cert: Path | None = None, key: Path | None = None,
-                     host: str = "0.0.0.0") -> hypercorn.config.Config:
-    hc = hypercorn.config.Config()
-    hc.bind = [f"{host}:{port}"]
-    if cert and key:
-        hc.certfile, hc.keyfile = str(cert), str(key)
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("drp.http")
-    hc.graceful_timeout = 1.0
-    hc.keep_alive_timeout = 75
-    return hc
-
-
-async def serve_app(app, hc, stop: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED):
-    await hypercorn.trio.serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
 
 
 class Server:
@@ -101,7 +82,8 @@ class Server:
             nursery.start_soon(daemon, self._watch_signals, node, nursery.cancel_scope)
             urls = await nursery.start(serve_app, app,
                                        hypercorn_config(cfg.api_port, node.cert_path,
-                                                        node.key_path), self.stop)
+                                                        node.key_path, cfg.api_address),
+                                       self.stop)
             log.info("API listening on %s (drp-id %s, base root %s)", ", ".join(urls),
                      node.drp_id, cfg.base_root)
             for start in self._extra_services(node):

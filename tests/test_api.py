@@ -63,13 +63,15 @@ def sample(kind: str, n: str) -> dict:
         "workflows": {"Name": f"wf-{n}", "Stages": []},
         "users": {"Name": f"u-{n}", "Password": "pw-" + n},
         "prefs": {"Name": f"pref-{n}", "Val": "v"},
+        "roles": {"Name": f"r-{n}", "Claims": [{"Scope": "machines", "Action": "get",
+                                                "Specific": "*"}]},
     }[kind]
 
 
 def test_every_kind_has_a_sample():
     assert set(KINDS) == {"machines", "jobs", "profiles", "params", "subnets", "reservations",
                           "bootenvs", "stages", "tasks", "templates", "workflows", "users",
-                          "prefs"}
+                          "prefs", "roles"}
 
 
 # ---- CRUD -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from drp.api import authn, streaming
+from drp.api import authn, oserrors, rbac, sendtimeout, streaming
 from drp.errors import ApiError
 from drp.node import Node
 
@@ -35,28 +35,42 @@ def websocket_scope(node: Node):
 
 
 def create_app(node: Node) -> QuartTrio:
-    app = QuartTrio("drp")
-    streaming.install(app)  # request bodies stream with backpressure (uploads of any size)
+    app = QuartTrio("drp", static_folder=None)  # files are the static port's job
+    # request bodies stream with backpressure (uploads of any size); stalled ones get 408
+    streaming.install(app, body_timeout=node.cfg.body_timeout)
+    sendtimeout.install(node.cfg.send_timeout)  # a peer that stops reading is let go
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads stream; sizes are not capped here
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
     app.node = node
-    app.authenticator = authn.Authenticator(node.store, node.cfg.ha_token)
+    app.authenticator = authn.Authenticator(node.store, node.cfg.ha_token, node.cfg)
+
+    async def _authorize(ctx) -> None:
+        """Every route is checked here against the caller's claims (drp.api.rbac.ROUTES)."""
+        ctx.claims = await app.authenticator.claims(ctx.user)
+        if ctx.url_rule is None:  # no such route: the 404/405 follows
+            return
+        rbac.check(ctx.claims, rbac.need_for(ctx.url_rule.endpoint, ctx.view_args,
+                                             ctx.method, str(ctx.user.get("Name", ""))))
 
     @app.before_request
     async def _auth_http():
-        request.user = await app.authenticator.authenticate(request.headers)
+        request.user = await app.authenticator.authenticate(request.headers,
+                                                            request.remote_addr)
+        await _authorize(request)
 
     @app.before_websocket
     async def _auth_ws():
         if websocket.path == "/api/v3/ha/replicate":
             return  # authenticates itself, to tell a refused passive why
-        websocket.user = await app.authenticator.authenticate(websocket.headers)
+        websocket.user = await app.authenticator.authenticate(websocket.headers,
+                                                              websocket.remote_addr)
+        await _authorize(websocket)
 
     @app.errorhandler(ApiError)
     async def _api_error(err: ApiError):
-        headers = {"WWW-Authenticate": 'Basic realm="dr-provision"'} if err.code == 401 else None
-        return json_response(err.body(), err.code, headers)
+        headers = {"WWW-Authenticate": 'Basic realm="dr-provision"'} if err.code == 401 else {}
+        return json_response(err.body(), err.code, {**headers, **err.headers})
 
     @app.errorhandler(HTTPException)
     async def _http_error(err: HTTPException):
@@ -65,6 +79,9 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def _unexpected(err: Exception):
+        known = oserrors.api_error_for(err, request.method, request.path)
+        if known is not None:  # a full disk or a path too long: no bug, no traceback
+            return json_response(known.body(), known.code)
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return json_response(ApiError(500, f"internal error: {err}").body(), 500)
 

@@ -9,6 +9,7 @@ from quart import Blueprint, current_app, request
 from quart_trio.wrappers.response import TrioResponse as Response
 from werkzeug.routing import BaseConverter
 
+from drp.api import limits
 from drp.api.app import json_response
 from drp.api.streaming import chunks_of
 from drp.blob import storage
@@ -19,7 +20,10 @@ from drp.errors import ApiError
 
 bp = Blueprint("blobs", __name__, url_prefix="/api/v3")
 
-MAX_LOG_APPEND = 64 << 20  # one PUT of a job log is held in memory and stored in the log
+# One PUT of a job log is held in memory (--max-log-append bytes at most) and stored in the
+# change log; --max-log-appends-in-flight of them are received at once. One more waits this
+# long for its turn, then gets 429: the runner retries a log append it could not make.
+LOG_APPEND_WAIT = 10.0
 LOG_PIECE = 1 << 20  # a large append is recorded as several change-log entries of this size
 
 
@@ -34,6 +38,11 @@ class RawPath(BaseConverter):
 @bp.record_once
 def _register_converter(state) -> None:
     state.app.url_map.converters.setdefault("rawpath", RawPath)
+
+
+@bp.record_once
+def _make_log_append_limiter(state) -> None:
+    state.app.log_appends = trio.CapacityLimiter(state.app.node.cfg.max_log_appends_in_flight)
 
 
 def _store():
@@ -250,18 +259,6 @@ async def delete_provider(name: str):
 
 
 # ---- job logs --------------------------------------------------------------------------------
-async def _read_capped(limit: int, model: str, key: str) -> bytes:
-    if int(request.headers.get("Content-Length") or 0) > limit:
-        raise ApiError(413, f"one append may carry at most {limit} bytes", model=model, key=key)
-    buf = bytearray()
-    async for chunk in request.body:
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(413, f"one append may carry at most {limit} bytes", model=model,
-                           key=key)
-    return bytes(buf)
-
-
 def _log_path(uuid: str) -> str:
     try:
         return storage.blob_path("job-logs", uuid)
@@ -273,7 +270,27 @@ def _log_path(uuid: str) -> str:
 async def append_log(uuid: str):
     path = _log_path(uuid)
     target = storage.disk_path(_base(), path)
-    data = await _read_capped(MAX_LOG_APPEND, "jobs", uuid)
+    limit = current_app.node.cfg.max_log_append
+    length = request.headers.get("Content-Length", "").strip()
+    if length.isdigit() and int(length) > limit:  # refused before it waits for a turn
+        raise limits.too_large("the job-log append", limit, "--max-log-append", "jobs", uuid)
+    appends = current_app.log_appends
+    with trio.move_on_after(LOG_APPEND_WAIT) as waited:
+        await appends.acquire()
+    if waited.cancelled_caught:
+        raise ApiError(429, f"{appends.total_tokens} job-log appends are being received "
+                       "already, the limit (the server's --max-log-appends-in-flight "
+                       "raises it); try again", model="jobs",
+                       key=uuid, headers={"Retry-After": "1"})
+    try:
+        return await _append_log(uuid, path, target, limit)
+    finally:
+        appends.release()
+
+
+async def _append_log(uuid: str, path: str, target, limit: int):
+    data = await limits.read_capped_body(limit, "--max-log-append", "the job-log append",
+                                         model="jobs", key=uuid)
 
     def append(tx):
         if tx.get("jobs", uuid) is None:

@@ -4,33 +4,42 @@ and is stored as ONE change-log entry that replaces all of its objects at once. 
 ReadOnly and carry Bundle=<name>; a bundle may not take over objects owned by anyone else."""
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 
 import trio
-import yaml
 from quart import Blueprint, current_app, request
 
 from drp import models
+from drp.api import bundleyaml, jsonbody, limits
 from drp.api.app import json_response
+from drp.claims import contains
 from drp.errors import ApiError
 
 bp = Blueprint("contents", __name__, url_prefix="/api/v3")
 
 NOT_CONTENT = {"users"}  # a bundle may not create logins
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Defaults for callers without a Config; the server passes --max-yaml-alias-nodes and
+# --max-content-size (a YAML bundle expands to at most what a JSON bundle may be).
+MAX_YAML_ALIAS_NODES = 100_000
+MAX_EXPANDED_BYTES = 32 << 20
 
 
 def _store():
     return current_app.node.store
 
 
-def parse_bundle(raw: bytes, content_type: str = "") -> dict:
-    """JSON or YAML (by Content-Type, else JSON first, then YAML) into a dict."""
-    text = raw.decode("utf-8", "replace")
+def parse_bundle(raw: bytes, content_type: str = "", *,
+                 max_alias_nodes: int = MAX_YAML_ALIAS_NODES,
+                 max_bytes: int = MAX_EXPANDED_BYTES) -> dict:
+    """JSON or YAML (by Content-Type, else JSON first, then YAML) into a dict. JSON is strict
+    (drp.api.jsonbody); YAML is measured before it is expanded (drp.api.bundleyaml) and what
+    it makes must be strict JSON too."""
     if "yaml" not in content_type:
         try:
-            doc = json.loads(text)
-        except ValueError as e:
+            doc = jsonbody.loads(raw)
+        except jsonbody.JsonError as e:
             if "json" in content_type:
                 raise ApiError(400, f"bundle is not valid JSON: {e}", model="contents") from None
             doc = None
@@ -40,12 +49,25 @@ def parse_bundle(raw: bytes, content_type: str = "") -> dict:
                                model="contents")
             return doc
     try:
-        doc = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ApiError(400, f"bundle is neither JSON nor YAML: {e}", model="contents") from None
+        doc = bundleyaml.load(raw.decode("utf-8", "replace"), max_alias_nodes=max_alias_nodes,
+                              max_bytes=max_bytes)
+        # YAML has NaN (.nan), dates, binary, integers of any size: keep to what JSON holds.
+        doc = jsonbody.loads(json.dumps(doc, allow_nan=False, default=_yaml_value))
+    except bundleyaml.BundleYamlError as e:
+        raise ApiError(e.code, str(e), model="contents") from None
+    except (ValueError, TypeError, RecursionError) as e:  # JsonError included
+        raise ApiError(400, f"bundle YAML holds what JSON cannot: {e}",
+                       model="contents") from None
     if not isinstance(doc, dict):
         raise ApiError(422, "a bundle must be an object with meta and sections", model="contents")
     return doc
+
+
+def _yaml_value(value):
+    """YAML timestamps become strings, as dr-provision's YAML-to-JSON conversion makes them."""
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    raise TypeError(f"a YAML {type(value).__name__} has no JSON form")
 
 
 def build(doc: dict, url_name: str | None = None) -> tuple[str, dict, list]:
@@ -140,9 +162,20 @@ def _put(name: str, record: dict, objects: list, *, must_exist: bool):
 
 
 async def _body_bundle(url_name: str | None = None):
-    raw = await request.get_data()
-    doc = await trio.to_thread.run_sync(parse_bundle, raw, request.content_type or "")
-    return build(doc, url_name)
+    raw = await limits.read_capped_body(current_app.node.cfg.max_content_size,
+                                        "--max-content-size", "the content bundle",
+                                        model="contents", key=url_name or "")
+    cfg = current_app.node.cfg
+    doc = await trio.to_thread.run_sync(functools.partial(
+        parse_bundle, raw, request.content_type or "",
+        max_alias_nodes=cfg.max_yaml_alias_nodes, max_bytes=cfg.max_content_size))
+    name, record, objects = build(doc, url_name)
+    for kind, key, obj in objects:  # a bundle may not grant more than its importer holds
+        if kind == "roles" and not contains(request.claims, obj.get("Claims") or []):
+            raise ApiError(403, f"forbidden: contents/{request.method.lower()}/{name}: its role "
+                           f"{key} would grant claims your roles do not hold", model="contents",
+                           key=name, type_="AUTH_ERROR")
+    return name, record, objects
 
 
 @bp.get("/contents")

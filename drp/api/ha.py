@@ -15,7 +15,7 @@ import trio
 from quart import Blueprint, Response, current_app, request, websocket
 
 from drp.api.app import websocket_scope
-from drp.api.authn import is_superuser
+from drp.claims import is_superuser
 from drp.api.system import stats
 from drp.blob import storage
 from drp.blob.send import Opened, blob_response, open_blob
@@ -29,11 +29,6 @@ REPLICATE_PATH = "/api/v3/ha/replicate"
 SWITCH_TIMEOUT = 60.0
 
 
-def _require_superuser(model: str) -> None:
-    if not is_superuser(request.user):
-        raise ApiError(403, "this needs a superuser", model=model, type_="AUTH_ERROR")
-
-
 @bp.websocket("/ha/replicate")
 async def replicate():
     node = current_app.node
@@ -41,8 +36,9 @@ async def replicate():
     # Authenticated here (not in before_websocket) so a refusal reaches the passive as a
     # reason it can log, and is logged here too.
     try:
-        user = await current_app.authenticator.authenticate(websocket.headers)
-        if not is_superuser(user):
+        user = await current_app.authenticator.authenticate(websocket.headers,
+                                                            websocket.remote_addr)
+        if not is_superuser(await current_app.authenticator.claims(user)):
             raise ApiError(403, "not a superuser token")
     except ApiError as e:
         reason = (f"the HA token was not accepted ({'; '.join(e.messages)}): set RS_HA_TOKEN "
@@ -67,8 +63,7 @@ async def replicate():
 
 @bp.route("/ha/snapshot/<snap_id>", methods=["GET", "HEAD"])
 async def snapshot(snap_id: str):
-    _require_superuser("ha")
-    hub = current_app.node.hub
+    hub = current_app.node.hub  # superuser only: checked before (drp.api.rbac)
     path = hub.snapshots.get(snap_id) if hub else None
     if path is None:
         raise ApiError(404, f"no snapshot {snap_id} (it is deleted once installed)",
@@ -82,7 +77,6 @@ async def snapshot(snap_id: str):
 
 @bp.route("/ha/blobs/<path:path>", methods=["GET", "HEAD"])
 async def blob(path: str):
-    _require_superuser("ha")
     store, base = current_app.node.store, current_app.node.cfg.base_root
     try:
         opened = await open_blob(store, lambda: storage.safe_path(base, path), path)
@@ -97,7 +91,6 @@ async def blob(path: str):
 
 
 async def _switch(role: str):
-    _require_superuser("system")
     node = current_app.node
     if node.switch_role is None:
         raise ApiError(409, "HA is not enabled on this node (--ha-enabled)", model="system",

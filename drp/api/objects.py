@@ -6,12 +6,16 @@ import re
 
 import jsonpatch
 import jsonpointer
+import trio
 from quart import Blueprint, Response, current_app, request
 
 from drp import auth, models
+from drp.api import jsonbody, limits
+from drp.api import rbac
 from drp.api.app import json_response
 from drp.blob import storage
 from drp.blob.gate import gate_for
+from drp.claims import allowed
 from drp.errors import ApiError
 
 bp = Blueprint("objects", __name__, url_prefix="/api/v3")
@@ -19,6 +23,8 @@ bp = Blueprint("objects", __name__, url_prefix="/api/v3")
 _FILTER_FIELD = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _LIST_PARAMS = {"offset", "limit", "sort", "slim", "decode", "params", "aggregate",
                 "reverse", "filter", "commented", "reduced", "exclude-self"}
+_PARSE_INLINE = 64 << 10  # bodies this small are parsed on the event loop
+PATCH_TRIES = 5  # a patch is applied again this often when the object changes meanwhile
 
 
 def _store():
@@ -26,10 +32,14 @@ def _store():
 
 
 async def json_body(model: str = "", key: str = ""):
-    raw = await request.get_data()
+    """The request body as strict JSON (drp.api.jsonbody), or a 400 saying why not."""
+    raw = await limits.read_capped_body(current_app.node.cfg.max_object_size,
+                                        "--max-object-size", model=model, key=key)
     try:
-        return json.loads(raw or b"null")
-    except ValueError as e:
+        if len(raw) < _PARSE_INLINE:
+            return jsonbody.loads(raw or b"null")
+        return await trio.to_thread.run_sync(jsonbody.loads, raw)  # keep the loop free
+    except jsonbody.JsonError as e:
         raise ApiError(400, f"body is not valid JSON: {e}", model=model, key=key) from None
 
 
@@ -54,6 +64,7 @@ def _prepare_user(obj: dict, current: dict | None) -> dict:
     obj.pop("PasswordHash", None)
     obj.pop("Secret", None)
     if current is not None:
+        obj.setdefault("Roles", current.get("Roles", []))  # not "superuser" by default
         obj["PasswordHash"] = current.get("PasswordHash", "")
         obj["Secret"] = current.get("Secret", "")
     else:
@@ -63,13 +74,15 @@ def _prepare_user(obj: dict, current: dict | None) -> dict:
 
 
 def _check_unique_name(tx, kind: models.Kind, key: str, obj: dict) -> None:
-    if kind.name != "machines":
+    field = models.UNIQUE_FIELDS.get(kind.name)
+    if field is None:
         return
-    clash = tx.query("SELECT key FROM objects WHERE kind='machines' AND key != ? AND "
-                     "json_extract(body, '$.Name') = ?", (key, obj["Name"]))
+    # objects.name holds the unique field (store/schema.py): an index lookup, not a scan
+    clash = tx.query("SELECT key FROM objects WHERE kind=? AND name=? AND key != ? LIMIT 1",
+                     (kind.name, obj[field], key))
     if clash:
-        raise ApiError(409, f"machine name {obj['Name']} is already used by {clash[0][0]}",
-                       model=kind.name, key=key)
+        raise ApiError(409, f"{kind.model} {field.lower()} {obj[field]} is already used by "
+                       f"{clash[0][0]}", model=kind.name, key=key)
 
 
 @bp.route("/<kind>", methods=["GET", "HEAD"])
@@ -85,7 +98,13 @@ async def list_objects(kind: str):
         limit = int(request.args.get("limit", -1))
     except ValueError:
         raise ApiError(400, "offset and limit must be integers", model=kind) from None
+    for name, value in (("offset", offset), ("limit", limit)):  # SQLite takes 64-bit integers
+        if not jsonbody.INT_MIN <= value < 1 << 63:
+            raise ApiError(400, f"{name} {value} is out of range: it must fit in a signed "
+                           "64-bit integer", model=kind)
     objs = await _store().list(kind, filters, offset=offset, limit=limit)
+    if not allowed(request.claims, kind, "get", "*"):  # claims on some objects only
+        objs = [o for o in objs if allowed(request.claims, kind, "get", str(o.get(k.key)))]
     headers = {"X-DRP-List-Count": str(len(objs))}
     if request.method == "HEAD":
         return "", 200, headers
@@ -109,16 +128,18 @@ async def get_object(kind: str, key: str):
 async def create_object(kind: str):
     k = models.kind_or_404(kind)
     obj = await json_body(kind)
-    if isinstance(obj, dict) and kind == "users":
-        obj = _prepare_user(dict(obj), None)
+    if isinstance(obj, dict) and kind == "users":  # hashes the password: on a hash thread
+        obj = await current_app.authenticator.hashes.run(_prepare_user, dict(obj), None)
     obj = models.normalize(k, obj)
     key = obj[k.key]
+    claims = request.claims
 
     def create(tx):
         if tx.get(kind, key) is not None:
             raise ApiError(409, f"{k.model} {key} already exists", model=kind, key=key,
                            type_="Conflict")
         _check_unique_name(tx, k, key, obj)
+        rbac.check_write(tx, claims, kind, key, None, obj)
         tx.record(kind, key, "create", obj)
         return obj
     created = await _store().write(create)
@@ -137,8 +158,10 @@ async def _replace(k: models.Kind, key: str, make_new) -> dict:
             new = _prepare_user(dict(new), current)
         new = models.normalize(k, new, key=key)
         _check_unique_name(tx, k, key, new)
+        rbac.check_write(tx, claims, k.name, key, current, new)
         tx.record(k.name, key, "update", new)
         return new
+    claims = request.claims
     return await _store().write(replace)
 
 
@@ -154,21 +177,56 @@ async def put_object(kind: str, key: str):
 async def patch_object(kind: str, key: str):
     k = models.kind_or_404(kind)
     ops = await json_body(kind, key)
+    cfg = current_app.node.cfg
+    limits.check_patch_ops(ops, cfg.max_patch_ops, kind, key)
     try:
-        patch = jsonpatch.JsonPatch(ops)
+        jsonpatch.JsonPatch(ops)  # the whole patch is checked before any of it is applied
     except (jsonpatch.InvalidJsonPatch, TypeError, AttributeError) as e:
         raise ApiError(400, f"not an RFC 6902 JSON Patch: {e}", model=kind, key=key) from None
 
-    def make_new(current):
+    def patched(text: str) -> tuple[dict, dict]:
+        current = json.loads(text)
+        _refuse_readonly(k, key, current)
         try:
-            return patch.apply(models.public(kind, current))
+            after = limits.apply_patch(ops, models.public(kind, json.loads(text)), len(text),
+                                       cfg.max_object_size, kind, key)
+            jsonbody.check_tree(after)  # ops that each nest a level can build any depth
+            return current, after
+        except (jsonbody.JsonError, RecursionError) as e:
+            reason = e if isinstance(e, jsonbody.JsonError) else \
+                f"nested deeper than {jsonbody.MAX_DEPTH} levels of arrays and objects"
+            raise ApiError(422, f"the patched object is not valid: {reason}", model=kind,
+                           key=key) from None
         except jsonpatch.JsonPatchTestFailed as e:
             raise ApiError(409, f"patch test failed: {e}", model=kind, key=key,
                            type_="Conflict") from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
             raise ApiError(422, f"patch cannot be applied: {e}", model=kind, key=key) from None
-    new = await _replace(k, key, make_new)
-    return json_response(models.public(kind, new))
+    # Applied outside the writer, in a worker thread: a heavy patch never holds up other
+    # writes. The writer only checks that the object is still the one the patch was applied
+    # to; if another write changed it meanwhile, the patch is applied again to the new one.
+    for _ in range(PATCH_TRIES):
+        text = await _store().get_json(kind, key)
+        if text is None:
+            raise _not_found(k, key)
+        before, after = await trio.to_thread.run_sync(patched, text)
+
+        def make_new(current, before=before, after=after):
+            if current != before:
+                raise _Changed()
+            return after
+        try:
+            new = await _replace(k, key, make_new)
+        except _Changed:
+            continue
+        return json_response(models.public(kind, new))
+    raise ApiError(409, f"{k.model} {key} was changed by other writes while the patch was "
+                   f"applied, {PATCH_TRIES} times; try again", model=kind, key=key,
+                   type_="Conflict")
+
+
+class _Changed(Exception):
+    """The object changed between reading it and writing its patched version."""
 
 
 def _delete_job_log(tx, base_root, uuid: str) -> None:
@@ -188,6 +246,7 @@ async def delete_object(kind: str, key: str):
         if current is None:
             raise _not_found(k, key)
         _refuse_readonly(k, key, current)
+        rbac.check_delete(kind, key)
         if kind == "users" and key == request_user_name:
             raise ApiError(409, "you cannot delete the user you are logged in as",
                            model=kind, key=key)

@@ -9,14 +9,22 @@
 2. Keep-alive connections that no longer hang or leak after an early response (see
    BoundedASGIHTTPConnection), and an HTTP server that survives one connection's protocol error
    (see harden_hypercorn).
+3. A body that stalls is refused: when no byte of it arrives for --body-timeout, its reader
+   gets a 408 (the upload's temp file goes with it) and the connection is closed.
 """
 from __future__ import annotations
 
+import math
+
+import trio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import EventWrapper, TrioBody, TrioRequest
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from drp.errors import ApiError
+
 LIMIT = 4 << 20
+BODY_TIMEOUT = "DRP_BODY_TIMEOUT"  # app.config: seconds a body may send nothing (None: no limit)
 
 
 class BoundedBody(TrioBody):
@@ -54,6 +62,13 @@ class BoundedBody(TrioBody):
         """The response is finished: drop what is buffered and whatever still arrives."""
         self._released = True
         self._chunks, self._size = [], 0
+        self._room.set()
+
+    def fail(self, error: Exception) -> None:
+        """The body will not be completed (it stalled): its reader gets `error`."""
+        self._must_raise = error
+        self._chunks, self._size = [], 0
+        self.set_complete()
         self._room.set()
 
     def _take(self) -> bytes:
@@ -129,8 +144,16 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
 
     async def handle_messages(self, nursery, request, receive) -> None:  # type: ignore
         body = request.body
+        stall = self.app.config.get(BODY_TIMEOUT) or math.inf
         while True:
-            message = await receive()
+            watched = (not self._body_ended and isinstance(body, BoundedBody)
+                       and body._must_raise is None and not body._released)
+            with trio.move_on_after(stall if watched else math.inf) as waited:
+                message = await receive()
+            if waited.cancelled_caught:  # the client sends nothing: its handler answers 408
+                body.fail(ApiError(408, f"the request body stalled: nothing arrived for "
+                                   f"{stall:g}s (the server's --body-timeout)"))
+                continue
             if message["type"] == "http.request":
                 body.append(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -159,8 +182,10 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
         await super().handle_request(nursery, request, tracking_send)
 
 
-def install(app) -> None:
-    """Make `app` (a QuartTrio) use the bounded body for every HTTP request."""
+def install(app, body_timeout: float | None = None) -> None:
+    """Make `app` (a QuartTrio) use the bounded body for every HTTP request; a body that sends
+    nothing for `body_timeout` seconds (None or 0: no limit) is refused with 408."""
+    app.config[BODY_TIMEOUT] = body_timeout or None
     app.request_class = BoundedRequest
     app.asgi_http_class = BoundedASGIHTTPConnection
     harden_hypercorn()

@@ -1,15 +1,14 @@
 """/api/v3/info, user tokens and passwords, and the /api/v3/ws event stream."""
 from __future__ import annotations
 
-import json
 import logging
 
 import trio
 from quart import Blueprint, current_app, request, websocket
 
 from drp import auth, node as nodemod
+from drp.api import events as eventstream
 from drp.api.app import json_response, websocket_scope
-from drp.api.authn import is_superuser
 from drp.api.objects import json_body
 from drp.config import parse_duration
 from drp.errors import ApiError
@@ -37,13 +36,15 @@ async def user_token(name: str):
     user = await store.get("users", name)
     if user is None:
         raise ApiError(404, f"user {name} not found", model="users", key=name, type_="NotFound")
-    if request.user["Name"] != name and not is_superuser(request.user):
-        raise ApiError(403, "only a superuser may make tokens for other users", model="users",
-                       key=name, type_="AUTH_ERROR")
+    # Who may: checked before this runs (drp.api.rbac: itself, or a superuser for others).
     try:
         ttl = parse_duration(request.args.get("ttl", "3600"))
     except ValueError as e:
         raise ApiError(400, f"ttl: {e}", model="users", key=name) from None
+    max_ttl = current_app.node.cfg.max_token_ttl
+    if not ttl <= max_ttl:  # (`not <=`: a NaN is past the bound too)
+        raise ApiError(400, f"ttl: {request.args.get('ttl')!r} is past the limit of {max_ttl:.0f} s "
+                       "(--max-token-ttl, RS_MAX_TOKEN_TTL)", model="users", key=name)
     secret = await current_app.authenticator.secret()
     token, claims = auth.make_token(secret, name, ttl, user.get("Secret", ""))
     return json_response({"Token": token, "Info": nodemod.info(current_app.node, await stats()),
@@ -56,10 +57,8 @@ async def user_password(name: str):
     password = body.get("password", body.get("Password")) if isinstance(body, dict) else None
     if not isinstance(password, str) or not password:
         raise ApiError(422, 'want {"password": "..."}', model="users", key=name)
-    if request.user["Name"] != name and not is_superuser(request.user):
-        raise ApiError(403, "only a superuser may change other users' passwords",
-                       model="users", key=name, type_="AUTH_ERROR")
-    hashed = await trio.to_thread.run_sync(auth.hash_password, password)
+    # Who may: checked before this runs (drp.api.rbac: itself, or a superuser for others).
+    hashed = await current_app.authenticator.hashes.run(auth.hash_password, password)
 
     def change(tx):
         user = tx.get("users", name)
@@ -75,59 +74,11 @@ async def user_password(name: str):
 
 
 # ---- event stream ----------------------------------------------------------------------------
-def _matches(pattern: str, event: dict) -> bool:
-    parts = (pattern.split(".", 2) + ["*", "*"])[:3]
-    values = (event["Type"], event["Action"], event["Key"])
-    return all(p == "*" or p == v for p, v in zip(parts, values))
-
-
-def _event(change: dict) -> dict:
-    obj = change["body"]
-    if change["kind"] == "users" and isinstance(obj, dict):
-        obj = {k: v for k, v in obj.items() if k not in ("PasswordHash", "Secret")}
-    return {"Time": change["time"], "Type": change["kind"], "Action": change["action"],
-            "Key": change["key"], "Object": obj}
-
-
 @bp.websocket("/ws")
 async def events():
-    store = current_app.node.store
-    send, recv = trio.open_memory_channel(1000)
-    patterns: set[str] = set()
-
-    def listener(changes):
-        for change in changes:
-            if change["kind"] in ("secrets", "ha"):
-                continue
-            event = _event(change)
-            if any(_matches(p, event) for p in patterns):
-                try:
-                    send.send_nowait(event)
-                except trio.WouldBlock:
-                    log.warning("event subscriber too slow; dropping an event")
-
-    store.listeners.append(listener)
-    try:
-        with websocket_scope(current_app.node):
-            await _serve_events(recv, patterns)
-    finally:
-        store.listeners.remove(listener)
-
-
-async def _serve_events(recv, patterns: set[str]) -> None:
-    """Send matching events while reading register/deregister commands."""
-    async def pump():
-        async for event in recv:
-            await websocket.send(json.dumps(event))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump)
-        while True:
-            msg = (await websocket.receive()).strip()
-            verb, _, pattern = msg.partition(" ")
-            if verb == "register" and pattern:
-                patterns.add(pattern)
-            elif verb == "deregister":
-                patterns.discard(pattern)
-            else:
-                await websocket.send(json.dumps({"Error": f"unknown command {msg!r}"}))
+    """Matching events, fanned out by the store's one hub (drp/api/events.py)."""
+    claims = websocket.claims  # a subscriber sees only what it may get
+    peer = f"{websocket.user.get('Name', '?')}@{websocket.remote_addr}"
+    with websocket_scope(current_app.node):
+        await eventstream.serve(eventstream.hub_for(current_app.node.store), websocket, claims,
+                                peer)

@@ -27,6 +27,7 @@ from werkzeug.datastructures import Headers
 from drp.blob import storage
 from drp.blob.send import Opened, plan_reply, open_blob
 from drp.errors import ApiError
+from drp.serving import bind_spec
 
 log = logging.getLogger("drp.static")
 KEEP_ALIVE = 75.0  # a connection waits this long for its next request, whole (as the API)
@@ -151,10 +152,16 @@ class StaticServer:
             return
         try:
             clean = storage.clean_relpath(rel)
-            path = self.root.joinpath(*clean.split("/"))
-            opened = await open_blob(self.node.store,
-                                     lambda: storage.check_inside(self.root, path),
-                                     storage.static_blob(clean))
+            blob = storage.static_blob(clean)
+            # A file or ISO is checked against its area's root, as the API checks it: an
+            # operator may make tftpboot/isos a symlink to a bigger disk; below that root no
+            # symlink may lead out. Anything else in tftpboot/ stays inside tftpboot/.
+            if blob is not None:
+                locate = partial(storage.safe_path, self.node.cfg.base_root, blob)
+            else:
+                locate = partial(storage.check_inside, self.root,
+                                 self.root.joinpath(*clean.split("/")))
+            opened = await open_blob(self.node.store, locate, blob)
         except storage.PathError as e:
             await self._send_error(stream, conn, head, e.code, str(e), key=rel)
             return
@@ -239,13 +246,14 @@ def static_service(node, stop: trio.Event):
         if swept:
             log.info("removed %d temp file(s) left by interrupted uploads", swept)
         os.makedirs(server.root, exist_ok=True)
-        listeners = await trio.open_tcp_listeners(node.cfg.static_port, host="0.0.0.0")
+        host = node.cfg.static_address
+        listeners = await trio.open_tcp_listeners(node.cfg.static_port, host=host)
         port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
                 accepting.start_soon(partial(trio.serve_listeners, server.handle, listeners,
                                              handler_nursery=connections))
-                log.info("static files on http://0.0.0.0:%d/ (tftpboot)", port)
+                log.info("static files on http://%s/ (tftpboot)", bind_spec(host, port))
                 task_status.started()
                 await stop.wait()
                 accepting.cancel_scope.cancel()

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from drp.cli.client import CliError, Client, error_text
-from drp.cli.main import _need, command
+from drp.cli.commands import command, need
 
 CHUNK = 1 << 20
 TRANSFER_TIMEOUT = httpx.Timeout(60, read=None, write=None)  # an ISO may take minutes
@@ -128,14 +128,14 @@ def _blob_verbs(kind: str, model: str, flat: bool) -> None:
     @command(kind, "upload")
     def _upload(client, args):
         usage = f"{kind} upload SRC [as DEST]"
-        _need(args, 1, usage)
+        need(args, 1, usage)
         dest = _keyword(args, "as", None if args[0] == "-" else Path(args[0]).name, usage)
         return upload(client, _url(kind, dest), args[0])
 
     @command(kind, "download")
     def _download(client, args):
         usage = f"{kind} download {what} [to DEST]"
-        _need(args, 1, usage)
+        need(args, 1, usage)
         dest = _keyword(args, "to", Path(args[0]).name, usage)
         download(client, _url(kind, args[0]), dest)
 
@@ -146,13 +146,13 @@ def _blob_verbs(kind: str, model: str, flat: bool) -> None:
 
     @command(kind, "exists")
     def _exists(client, args):
-        _need(args, 1, f"{kind} exists {what}")
+        need(args, 1, f"{kind} exists {what}")
         if client.request("HEAD", _url(kind, args[0]), ok=(200, 404)).status_code == 404:
             raise CliError(f"{model} {args[0]} does not exist")
 
     @command(kind, "destroy")
     def _destroy(client, args):
-        _need(args, 1, f"{kind} destroy {what}")
+        need(args, 1, f"{kind} destroy {what}")
         client.request("DELETE", _url(kind, args[0]))
         return f"Deleted {model} {args[0]}"
 
@@ -164,13 +164,13 @@ _blob_verbs("isos", "iso", flat=True)
 # ---- job logs --------------------------------------------------------------------------------
 @command("jobs", "log")
 def _job_log(client, args):
-    _need(args, 1, "jobs log UUID")
+    need(args, 1, "jobs log UUID")
     download(client, f"/jobs/{args[0]}/log", "-")
 
 
 @command("jobs", "log-append")
 def _job_log_append(client, args):
-    _need(args, 2, "jobs log-append UUID FILE|-")
+    need(args, 2, "jobs log-append UUID FILE|-")
     if args[1] == "-":
         data = sys.stdin.buffer.read()
     else:
@@ -194,7 +194,7 @@ def _bundle_body(path: str) -> tuple[bytes, str]:
 
 @command("contents", "upload")
 def _contents_upload(client, args):
-    _need(args, 1, "contents upload FILE")
+    need(args, 1, "contents upload FILE")
     raw, ctype = _bundle_body(args[0])
     return client.request("POST", "/contents", content=raw,
                           headers={"Content-Type": ctype}).json()
@@ -202,7 +202,7 @@ def _contents_upload(client, args):
 
 @command("contents", "update")
 def _contents_update(client, args):
-    _need(args, 2, "contents update NAME FILE")
+    need(args, 2, "contents update NAME FILE")
     raw, ctype = _bundle_body(args[1])
     return client.request("PUT", f"/contents/{args[0]}", content=raw,
                           headers={"Content-Type": ctype}).json()
@@ -216,17 +216,17 @@ def _named_verbs(kind: str, model: str, path: str) -> None:
 
     @command(kind, "show")
     def _show(client, args):
-        _need(args, 1, f"{kind} show NAME")
+        need(args, 1, f"{kind} show NAME")
         return client.json("GET", f"{path}/{args[0]}")
 
     @command(kind, "exists")
     def _exists(client, args):
-        _need(args, 1, f"{kind} exists NAME")
+        need(args, 1, f"{kind} exists NAME")
         client.request("HEAD", f"{path}/{args[0]}")
 
     @command(kind, "destroy")
     def _destroy(client, args):
-        _need(args, 1, f"{kind} destroy NAME")
+        need(args, 1, f"{kind} destroy NAME")
         client.json("DELETE", f"{path}/{args[0]}")
         return f"Deleted {model} {args[0]}"
 
@@ -246,7 +246,7 @@ def _provider_upload(client, args):
 @command("plugin_providers", "download")
 def _provider_download(client, args):
     usage = "plugin_providers download NAME [to DEST]"
-    _need(args, 1, usage)
+    need(args, 1, usage)
     download(client, f"/plugin_providers/{args[0]}/binary", _keyword(args, "to", args[0], usage))
 
 

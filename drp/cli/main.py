@@ -5,7 +5,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 import jsonpatch
 
@@ -14,8 +13,10 @@ import jsonpatch
 # httpx then goes without (its `except ImportError` fallback).
 sys.modules.setdefault("httpx._main", None)
 
+from drp.cli import blobs  # noqa: E402,F401  (registers the file, ISO, log and bundle verbs)
 from drp.cli.client import CliError, Client  # noqa: E402
-from drp.models import KINDS
+from drp.cli.commands import COMMANDS, command, need  # noqa: E402
+from drp.models import KINDS  # noqa: E402
 
 USAGE = """usage: drpcli [-E ENDPOINT] [-U USER] [-P PASSWORD] [-T TOKEN] KIND VERB [ARGS...]
 
@@ -31,17 +32,6 @@ USAGE = """usage: drpcli [-E ENDPOINT] [-U USER] [-P PASSWORD] [-T TOKEN] KIND V
 JSON may be literal JSON, a file name, or - for stdin.
 Environment: RS_ENDPOINT, RS_KEY (user:password), RS_TOKEN.
 KINDS: """ + " ".join(sorted(KINDS))
-
-# (kind, verb) -> fn(client, args) returning what to print (None prints nothing)
-COMMANDS: dict[tuple[str, str], Callable] = {}
-
-
-def command(kind: str, verb: str):
-    def register(fn):
-        COMMANDS[(kind, verb)] = fn
-        return fn
-    return register
-
 
 def read_json(arg: str):
     if arg == "-":
@@ -69,25 +59,20 @@ def merge(current, changes):
     return out
 
 
-def _need(args: list[str], n: int, usage: str) -> None:
-    if len(args) < n:
-        raise CliError(f"usage: drpcli {usage}")
-
-
 def generic(client: Client, kind: str, verb: str, args: list[str]):
     k = KINDS[kind]
     if verb == "list":
         params = dict(a.split("=", 1) for a in args if "=" in a)
         return client.json("GET", f"/{kind}", params=params)
     if verb == "show":
-        _need(args, 1, f"{kind} show KEY")
+        need(args, 1, f"{kind} show KEY")
         return client.json("GET", f"/{kind}/{args[0]}")
     if verb == "exists":
-        _need(args, 1, f"{kind} exists KEY")
+        need(args, 1, f"{kind} exists KEY")
         client.request("HEAD", f"/{kind}/{args[0]}")
         return None
     if verb == "create":
-        _need(args, 1, f"{kind} create JSON")
+        need(args, 1, f"{kind} create JSON")
         try:
             body = read_json(args[0])
         except CliError:
@@ -98,15 +83,15 @@ def generic(client: Client, kind: str, verb: str, args: list[str]):
             body = {k.key: body}
         return client.json("POST", f"/{kind}", body)
     if verb == "update":
-        _need(args, 2, f"{kind} update KEY JSON")
+        need(args, 2, f"{kind} update KEY JSON")
         current = client.json("GET", f"/{kind}/{args[0]}")
         patch = jsonpatch.make_patch(current, merge(current, read_json(args[1])))
         return client.json("PATCH", f"/{kind}/{args[0]}", list(patch))
     if verb == "patch":
-        _need(args, 2, f"{kind} patch KEY PATCH")
+        need(args, 2, f"{kind} patch KEY PATCH")
         return client.json("PATCH", f"/{kind}/{args[0]}", read_json(args[1]))
     if verb == "destroy":
-        _need(args, 1, f"{kind} destroy KEY")
+        need(args, 1, f"{kind} destroy KEY")
         client.json("DELETE", f"/{kind}/{args[0]}")
         return f"Deleted {k.model} {args[0]}"
     raise CliError(f"unknown verb {verb!r} for {kind}; see drpcli --help")
@@ -119,7 +104,7 @@ def _info(client, args):
 
 @command("users", "token")
 def _token(client, args):
-    _need(args, 1, "users token NAME [ttl DURATION]")
+    need(args, 1, "users token NAME [ttl DURATION]")
     params = {}
     rest = args[1:]
     while rest:
@@ -133,7 +118,7 @@ def _token(client, args):
 
 @command("users", "password")
 def _password(client, args):
-    _need(args, 2, "users password NAME PASSWORD")
+    need(args, 2, "users password NAME PASSWORD")
     return client.json("PUT", f"/users/{args[0]}/password", {"password": args[1]})
 
 
@@ -170,7 +155,6 @@ def parse_globals(argv: list[str]) -> tuple[dict, list[str]]:
 
 
 def run(argv: list[str]) -> int:
-    _load_plugins()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -194,11 +178,6 @@ def run(argv: list[str]) -> int:
     elif out is not None:
         print(json.dumps(out, indent=2))
     return 0
-
-
-def _load_plugins() -> None:
-    """Command groups that live in their own modules register themselves on import."""
-    import drp.cli.blobs  # noqa: F401
 
 
 def main() -> None:

@@ -11,14 +11,22 @@ import json
 import sqlite3
 
 from drp.models import KINDS
+from drp.store.schema import unique_value
 
 OBJECT_KINDS = frozenset(KINDS) | {"secrets"}
+
+
+def dumps(obj) -> str:
+    """JSON text for storage: standard JSON only. NaN or Infinity here is a bug upstream (the
+    API refuses them, drp.api.jsonbody): fail the write loudly rather than store a body that
+    SQLite's json functions call malformed (every query over its kind would fail)."""
+    return json.dumps(obj, allow_nan=False)
 
 
 def entry_row(change: dict) -> tuple:
     body = change.get("body")
     return (change["seq"], change["epoch"], change["time"], change["kind"], change["key"],
-            change["action"], None if body is None else json.dumps(body), change.get("data"))
+            change["action"], None if body is None else dumps(body), change.get("data"))
 
 
 def row_entry(row) -> dict:
@@ -72,9 +80,10 @@ def apply_change(conn: sqlite3.Connection, change: dict) -> tuple:
 
 
 def _put_object(conn, kind: str, key: str, obj: dict, text: str | None = None) -> None:
-    conn.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?)",
-                 (kind, key, json.dumps(obj) if text is None else text,
-                  obj.get("Bundle") or None))
+    conn.execute("INSERT OR REPLACE INTO objects (kind, key, body, bundle, name) "
+                 "VALUES (?,?,?,?,?)",
+                 (kind, key, dumps(obj) if text is None else text,
+                  obj.get("Bundle") or None, unique_value(kind, obj)))
 
 
 def _put_blob(conn, path: str, meta: dict, when: float) -> None:

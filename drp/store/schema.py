@@ -5,12 +5,25 @@ Replicated tables (a passive holds the same rows): objects, blobs, changes, epoc
 """
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 from pathlib import Path
 
 from sqlite_utils import Database
 
+from drp.models import UNIQUE_FIELDS
+
 REPLICATED_TABLES = ("objects", "blobs", "changes", "epochs")
+log = logging.getLogger("drp.store")
+
+
+def unique_value(kind: str, obj) -> str | None:
+    """What objects.name holds for an object: the value of its kind's unique field (a
+    machine's Name), else NULL. Derived from the body whenever a row is written."""
+    field = UNIQUE_FIELDS.get(kind)
+    value = obj.get(field) if field and isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -32,9 +45,18 @@ def connect(path: Path | str) -> sqlite3.Connection:
 def create(conn: sqlite3.Connection) -> None:
     db = Database(conn)
     if "objects" not in db.table_names():
-        db["objects"].create({"kind": str, "key": str, "body": str, "bundle": str},
+        db["objects"].create({"kind": str, "key": str, "body": str, "bundle": str,
+                              "name": str},
                              pk=("kind", "key"), not_null={"kind", "key", "body"})
         db["objects"].create_index(["bundle"])
+    elif "name" not in db["objects"].columns_dict:  # a database from before objects.name
+        add_name_column(conn)
+    # Uniqueness checks and filters on a kind's unique field are lookups here. Not UNIQUE:
+    # the API refuses a clash with its own 409, and a database (or a bundle) that already
+    # holds one must still open and replicate. `key` last: a filtered list comes out in key
+    # order straight from the index (without it SQLite prefers the primary key's order).
+    conn.execute("CREATE INDEX IF NOT EXISTS objects_name ON objects(kind, name, key) "
+                 "WHERE name IS NOT NULL")
     if "blobs" not in db.table_names():
         # path is relative to the base root: files/..., isos/..., plugins/..., job-logs/<uuid>
         db["blobs"].create({"path": str, "size": int, "sha256": str, "mode": int, "time": float},
@@ -46,3 +68,39 @@ def create(conn: sqlite3.Connection) -> None:
         db["epochs"].create({"epoch": int, "start_seq": int, "drp_id": str}, pk="epoch")
     if "local" not in db.table_names():
         db["local"].create({"name": str, "value": str}, pk="name")
+
+
+def add_name_column(conn: sqlite3.Connection) -> None:
+    """Migrate: add objects.name and fill it from the bodies, in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE objects ADD COLUMN name TEXT")
+        filled = fill_names(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.info("added objects.name for %d objects with a unique field", filled)
+
+
+def fill_names(conn: sqlite3.Connection) -> int:
+    """Set objects.name from the body of every object whose kind has a unique field (parsed
+    here, in Python: SQLite's json_extract raises on a body it cannot read). In the caller's
+    transaction; returns how many rows got a name."""
+    filled = 0
+    for kind in UNIQUE_FIELDS:
+        names = []  # collected first: the bodies are read one at a time, not held
+        for key, body in conn.execute("SELECT key, body FROM objects WHERE kind=?", (kind,)):
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                log.warning("%s %s: the stored body is not JSON; it gets no %s index entry",
+                            kind, key, UNIQUE_FIELDS[kind])
+                continue
+            value = unique_value(kind, obj)
+            if value is not None:
+                names.append((value, kind, key))
+        conn.executemany("UPDATE objects SET name=? WHERE kind=? AND key=?",
+                         names)
+        filled += len(names)
+    return filled

@@ -36,10 +36,19 @@ def install(conn: sqlite3.Connection, snap: Path) -> None:
         try:
             for table in schema.REPLICATED_TABLES:
                 conn.execute(f"DELETE FROM main.{table}")
-                conn.execute(f"INSERT INTO main.{table} SELECT * FROM snap.{table}")
+                columns = _columns(conn, "snap", table) & _columns(conn, "main", table)
+                names = ", ".join(sorted(columns))
+                conn.execute(f"INSERT INTO main.{table} ({names}) SELECT {names} "
+                             f"FROM snap.{table}")
+            if "name" not in _columns(conn, "snap", "objects"):  # from before objects.name
+                schema.fill_names(conn)
             conn.execute("COMMIT")
         except BaseException:
             rollback_open(conn)
             raise
     finally:
         conn.execute("DETACH DATABASE snap")
+
+
+def _columns(conn: sqlite3.Connection, db: str, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA {db}.table_info({table})")}

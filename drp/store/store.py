@@ -24,9 +24,10 @@ from typing import Any, Callable, ContextManager
 import trio
 
 from drp.errors import ApiError
-from drp.store import schema, snapshot
+from drp.store import repair, schema, snapshot
 from drp.store.apply import row_entry, wire_text
 from drp.store.cache import ObjectCache
+from drp.store.filters import where as filters_where
 from drp.store.recent import RecentLog
 from drp.store.tx import MAX_GROUP, Job, NotDurable, Tx, apply_entries, run_group
 
@@ -47,6 +48,7 @@ class Store:
         self.path = Path(path)
         self._writer_conn = schema.connect(self.path)
         schema.create(self._writer_conn)
+        repair.repair(self._writer_conn)  # bodies SQLite's json functions cannot read
         # Commits flush the WAL themselves (run_group) through this descriptor, opened once:
         # a descriptor opened after a write error never hears of it (SQLite's own checkpoint
         # may have seen it first). SQLite names the file it uses (symlinks resolved).
@@ -149,13 +151,8 @@ class Store:
 
     async def list(self, kind: str, filters: dict[str, str] | None = None,
                    offset: int = 0, limit: int = -1) -> list[dict]:
-        sql, params = ["SELECT body FROM objects WHERE kind=?"], [kind]
-        for field, value in (filters or {}).items():
-            # Compare as text so ?Runnable=true and ?CurrentTask=3 work like dr-provision's.
-            sql.append("AND CASE json_type(body, '$.' || ?) WHEN 'true' THEN 'true' "
-                       "WHEN 'false' THEN 'false' ELSE CAST(json_extract(body, '$.' || ?) AS TEXT) "
-                       "END = ?")
-            params += [field, field, value]
+        terms, values = filters_where(kind, filters or {})
+        sql, params = ["SELECT body FROM objects WHERE kind=?", *terms], [kind, *values]
         sql.append("ORDER BY key LIMIT ? OFFSET ?")
         params += [limit, offset]
         rows = await self.read(lambda c: c.execute(" ".join(sql), params).fetchall())
@@ -393,6 +390,8 @@ class Store:
         async with self._writer:
             try:
                 await trio.to_thread.run_sync(snapshot.install, self._writer_conn, snap)
+                # A snapshot from an older active may hold what open would repair.
+                await trio.to_thread.run_sync(repair.repair, self._writer_conn)
                 head, epoch = self._read_position(self._writer_conn)
             finally:
                 self._all_version += 1

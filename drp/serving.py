@@ -1,0 +1,32 @@
+"""Serving a Quart app on hypercorn under trio: the API and the metrics port share this."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+
+def bind_spec(host: str, port: int) -> str:
+    """host:port as hypercorn binds it ([::1]:8092 for IPv6)."""
+    return f"[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"{host}:{port}"
+
+
+def hypercorn_config(port: int, cert: Path | None = None, key: Path | None = None,
+                     host: str = "0.0.0.0") -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = [bind_spec(host, port)]
+    if cert and key:
+        hc.certfile, hc.keyfile = str(cert), str(key)
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("drp.http")
+    hc.graceful_timeout = 1.0
+    hc.keep_alive_timeout = 75
+    return hc
+
+
+async def serve_app(app, hc, stop: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED):
+    await hypercorn.trio.serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
