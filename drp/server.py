@@ -10,7 +10,11 @@ import sys
 import trio
 
 from drp import config as configmod, node as nodemod, systemd, tls
+from drp.api.app import create_app
+from drp.blob.static import static_service
 from drp.config import Config, ConfigError
+from drp.ha.supervisor import run_supervisor
+from drp.metrics import metrics_service
 from drp.serving import hypercorn_config, serve_app
 from drp.store.store import Store
 
@@ -60,7 +64,6 @@ class Server:
             store.close()
 
     async def _run_node(self, node) -> None:
-        from drp.api.app import create_app
         cfg = node.cfg
         if cfg.ha_enabled:  # the supervisor decides the role; until then, no writes
             node.ha_role, node.ha_status = "passive", "Connecting"
@@ -90,8 +93,6 @@ class Server:
                 await nursery.start(start)
             ha_scope = trio.CancelScope()
             if cfg.ha_enabled:
-                from drp.ha.supervisor import run_supervisor
-
                 async def run_ha(task_status=trio.TASK_STATUS_IGNORED):
                     with ha_scope:
                         await run_supervisor(node, task_status=task_status)
@@ -122,10 +123,8 @@ class Server:
 
     def _extra_services(self, node):
         """Services other modules add: each an async fn(task_status=...) started in order."""
-        from drp.blob.static import static_service
         services = [static_service(node, self.stop)]
         if node.cfg.metrics_port:
-            from drp.metrics import metrics_service
             services.append(metrics_service(node, self.stop))
         return services
 

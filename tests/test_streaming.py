@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import threading
 
 import httpx
 import pytest
@@ -125,3 +126,28 @@ def test_http2_early_response_does_not_kill_the_server(drp):
     assert drp.proc.poll() is None
     with drp.client() as c:
         assert c.get("/info").status_code == 200
+
+
+def test_busy_keep_alive_clients_keep_their_connections(drp):
+    """A request without a body has ended with its head: its reply never says close, however
+    the server's tasks are scheduled. Under load the reply used to start before the server had
+    noted the (empty) body, said `Connection: close`, and every request of a keep-alive client
+    paid a new TLS handshake."""
+    with drp.client() as c:
+        token = c.get("/users/rocketskates/token").json()["Token"]
+        c.post("/profiles", json={"Name": "hot"}).raise_for_status()
+    closing = []
+
+    def client() -> None:
+        with drp.client(token=token) as c:
+            for _ in range(150):
+                r = c.get("/profiles/hot")  # from the cache: answered without a wait
+                assert r.status_code == 200
+                if "close" in r.headers.get("connection", ""):
+                    closing.append(r)
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not closing, f"{len(closing)} of 1200 replies said Connection: close"

@@ -1,37 +1,18 @@
 """The Quart-Trio app: authentication, dr-provision's error bodies, and the blueprints."""
 from __future__ import annotations
 
-import json
 import logging
-from contextlib import contextmanager
 
-import trio
-
-from quart import Response, request, websocket
+from quart import request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from drp.api import authn, oserrors, rbac, sendtimeout, streaming
+from drp.api import authn, blueprints, oserrors, rbac, sendtimeout, streaming
+from drp.api.respond import json_response
 from drp.errors import ApiError
 from drp.node import Node
 
 log = logging.getLogger("drp.api")
-
-
-def json_response(data, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(data), status=status, headers=headers,
-                    content_type="application/json")
-
-
-@contextmanager
-def websocket_scope(node: Node):
-    """Run a websocket handler in a scope the server cancels when it stops."""
-    with trio.CancelScope() as scope:
-        node.websockets.add(scope)
-        try:
-            yield scope
-        finally:
-            node.websockets.discard(scope)
 
 
 def create_app(node: Node) -> QuartTrio:
@@ -85,7 +66,6 @@ def create_app(node: Node) -> QuartTrio:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return json_response(ApiError(500, f"internal error: {err}").body(), 500)
 
-    from drp.api import blueprints
     for bp in blueprints.all_blueprints():
         app.register_blueprint(bp)
     return app

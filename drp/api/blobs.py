@@ -10,7 +10,7 @@ from quart_trio.wrappers.response import TrioResponse as Response
 from werkzeug.routing import BaseConverter
 
 from drp.api import limits
-from drp.api.app import json_response
+from drp.api.respond import json_response
 from drp.api.streaming import chunks_of
 from drp.blob import storage
 from drp.blob.gate import gate_for

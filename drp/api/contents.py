@@ -13,7 +13,7 @@ from quart import Blueprint, current_app, request
 
 from drp import models
 from drp.api import bundleyaml, jsonbody, limits
-from drp.api.app import json_response
+from drp.api.respond import json_response
 from drp.claims import contains
 from drp.errors import ApiError
 

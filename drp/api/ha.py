@@ -14,13 +14,14 @@ import logging
 import trio
 from quart import Blueprint, Response, current_app, request, websocket
 
-from drp.api.app import websocket_scope
+from drp.api.respond import websocket_scope
 from drp.claims import is_superuser
 from drp.api.system import stats
 from drp.blob import storage
 from drp.blob.send import Opened, blob_response, open_blob
 from drp.errors import ApiError
 from drp.ha import protocol as p
+from drp.ha.supervisor import VipHold
 from drp.node import info
 
 bp = Blueprint("ha", __name__, url_prefix="/api/v3")
@@ -95,7 +96,6 @@ async def _switch(role: str):
     if node.switch_role is None:
         raise ApiError(409, "HA is not enabled on this node (--ha-enabled)", model="system",
                        key=role)
-    from drp.ha.supervisor import VipHold
     done = trio.Event()
     local = (request.scope.get("server") or ("", 0))[0]
     hold = VipHold(done) if role == "passive" and local == str(node.cfg.ha_address.ip) \

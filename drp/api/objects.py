@@ -12,7 +12,7 @@ from quart import Blueprint, Response, current_app, request
 from drp import auth, models
 from drp.api import jsonbody, limits
 from drp.api import rbac
-from drp.api.app import json_response
+from drp.api.respond import json_response
 from drp.blob import storage
 from drp.blob.gate import gate_for
 from drp.claims import allowed

@@ -167,6 +167,13 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
             nursery.cancel_scope.cancel()
 
     async def handle_request(self, nursery, request, send) -> None:  # type: ignore
+        if not _declares_body(request.headers):
+            # Nothing to wait for: h11 saw the end of the request with its head, and the
+            # connection stays open. (Marking it here, not when handle_messages gets to the
+            # empty body: under load the reply can start first, and each reply of a
+            # keep-alive client would then say close — a TLS handshake per request.)
+            self._body_ended = True
+
         async def tracking_send(message) -> None:
             if message["type"] == "http.response.start" and not self._body_ended:
                 # Answered before the request body was all in (an early error, a GET with a
@@ -180,6 +187,13 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
                     request.body.release()  # nobody will read the rest: drain, do not hold
             await send(message)
         await super().handle_request(nursery, request, tracking_send)
+
+
+def _declares_body(headers) -> bool:
+    """Does the request head announce a body (chunked, or a Content-Length above 0)?"""
+    if headers.get("Transfer-Encoding"):
+        return True
+    return headers.get("Content-Length", "0").strip() not in ("", "0")
 
 
 def install(app, body_timeout: float | None = None) -> None:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 
-import trio
 from quart import Blueprint, current_app, request, websocket
 
 from drp import auth, node as nodemod
 from drp.api import events as eventstream
-from drp.api.app import json_response, websocket_scope
+from drp.api.respond import json_response, websocket_scope
 from drp.api.objects import json_body
 from drp.config import parse_duration
 from drp.errors import ApiError

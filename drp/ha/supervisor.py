@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from drp.blob.storage import fsync_dir
-from drp.ha import vip
+from drp.ha import guard, roles, vip
 
 log = logging.getLogger("drp.ha")
 STATE_FILE = "ha-state.json"
@@ -96,7 +96,6 @@ class Supervisor:
         return role
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        from drp.ha import guard
         node = self.node
         role = self.initial_role()
         node.switch_role = self.request_switch  # requests wait in the queue until we are up
@@ -108,12 +107,12 @@ class Supervisor:
             began, done = time.monotonic(), None
             if role == "active":
                 self.switching = "active"
-                if await self._refused(guard, began):
+                if await self._refused(began):
                     role = "passive"
             while True:
                 role, began, done = await self._run_role(role, began, done)
 
-    async def _refused(self, guard, began: float) -> bool:
+    async def _refused(self, began: float) -> bool:
         """Run the split-brain guard; True (and logged, with what to do) when it says no."""
         reason = await guard.other_active(self.node)
         if reason:
@@ -130,7 +129,6 @@ class Supervisor:
     async def _run_role(self, role: str, began: float, done: trio.Event | None):
         """Run `role` until a switch to the other role is asked for (and allowed).
         Returns the next (role, time that switch began, its done event)."""
-        from drp.ha import guard, roles
         node = self.node
         self.switching = role
         await trio.to_thread.run_sync(write_state, self.cfg.base_root, role == "passive")
@@ -150,7 +148,7 @@ class Supervisor:
                 elif want == "active":
                     log.info("switching from passive to active")
                     self.switching = want
-                    if not await self._refused(guard, began):
+                    if not await self._refused(began):
                         if node.follower is not None:  # a planned switch: take the tail
                             await node.follower.drain(self.cfg.ha_handover_timeout)
                         break

@@ -59,7 +59,7 @@ def apply_change(conn: sqlite3.Connection, change: dict) -> tuple:
         if action == "delete":
             conn.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
         else:
-            _put_object(conn, kind, key, body, row[6])
+            put_object(conn, kind, key, body, row[6])
     elif kind == "blob":
         if action == "delete":
             conn.execute("DELETE FROM blobs WHERE path=?", (key,))
@@ -79,7 +79,7 @@ def apply_change(conn: sqlite3.Connection, change: dict) -> tuple:
     return row
 
 
-def _put_object(conn, kind: str, key: str, obj: dict, text: str | None = None) -> None:
+def put_object(conn, kind: str, key: str, obj: dict, text: str | None = None) -> None:
     conn.execute("INSERT OR REPLACE INTO objects (kind, key, body, bundle, name) "
                  "VALUES (?,?,?,?,?)",
                  (kind, key, dumps(obj) if text is None else text,
@@ -97,6 +97,6 @@ def _apply_bundle(conn, name: str, action: str, body: dict | None) -> None:
     if action == "delete":
         conn.execute("DELETE FROM objects WHERE kind='contents' AND key=?", (name,))
         return
-    _put_object(conn, "contents", name, body["record"])
+    put_object(conn, "contents", name, body["record"])
     for kind, key, obj in body["objects"]:
-        _put_object(conn, kind, key, obj)
+        put_object(conn, kind, key, obj)

@@ -24,7 +24,8 @@ import re
 import sqlite3
 import time
 
-from drp.store.apply import _put_object
+from drp.store.apply import put_object
+from drp.store.tx import rollback_open
 
 log = logging.getLogger("drp.store")
 
@@ -96,7 +97,7 @@ def _repair_objects(conn: sqlite3.Connection, report: _Reporter) -> None:
             report("%s %s: stored body is not JSON; moved to the quarantine table, out of "
                    "every query", kind, key)
             continue
-        _put_object(conn, kind, key, json.loads(text), text)
+        put_object(conn, kind, key, json.loads(text), text)
         report("%s %s: stored body was not standard JSON (NaN or "
                "Infinity); repaired (NaN/Infinity -> null)", kind, key)
 
@@ -116,20 +117,18 @@ def _repair_changes(conn: sqlite3.Connection, report: _Reporter) -> None:
 
 
 def repair(conn: sqlite3.Connection) -> None:
-    """Repair the objects and changes tables (see the module doc), in one transaction."""
+    """Repair the objects and changes tables (see the module doc), in one transaction. Run at
+    every open: the scan costs ~0.1 s per 140 MB of bodies."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if not {"objects", "changes"} <= tables:
+    if not {"objects", "changes", "quarantine"} <= tables:
         return
     report = _Reporter()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("CREATE TABLE IF NOT EXISTS quarantine (kind TEXT, key TEXT, body TEXT, "
-                     "reason TEXT, time REAL, PRIMARY KEY (kind, key))")
         _repair_objects(conn, report)
         _repair_changes(conn, report)
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        rollback_open(conn)
         raise
     report.summary()

@@ -68,6 +68,9 @@ def create(conn: sqlite3.Connection) -> None:
         db["epochs"].create({"epoch": int, "start_seq": int, "drp_id": str}, pk="epoch")
     if "local" not in db.table_names():
         db["local"].create({"name": str, "value": str}, pk="name")
+    if "quarantine" not in db.table_names():  # stored bodies that are not JSON (store/repair.py)
+        db["quarantine"].create({"kind": str, "key": str, "body": str, "reason": str,
+                                 "time": float}, pk=("kind", "key"))
 
 
 def add_name_column(conn: sqlite3.Connection) -> None:
