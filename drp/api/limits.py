@@ -34,8 +34,10 @@ async def read_capped_body(limit: int, flag: str, what: str = "the request body"
     from Content-Length before reading anything, else while reading (chunked bodies). Never
     holds more than `limit` bytes of it, plus what the connection buffers (streaming.LIMIT)."""
     length = request.headers.get("Content-Length", "").strip()
-    if length.isdigit() and int(length) > limit:
-        raise too_large(what, limit, flag, model, key)
+    if length.isdigit():
+        if int(length) > limit:
+            raise too_large(what, limit, flag, model, key)
+        return await request.get_data()  # h11 lets no more than Content-Length through
     pieces, size = [], 0
     async for piece in chunks_of(request.body, READ_PIECE):
         size += len(piece)
