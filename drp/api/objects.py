@@ -24,7 +24,7 @@ _FILTER_FIELD = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _LIST_PARAMS = {"offset", "limit", "sort", "slim", "decode", "params", "aggregate",
                 "reverse", "filter", "commented", "reduced", "exclude-self"}
 _PARSE_INLINE = 64 << 10  # bodies this small are parsed on the event loop
-_PATCH_INLINE_OPS = 16  # see patch_object: small patches are applied on the event loop
+_PATCH_INLINE_OPS = 16  # see patch_object: small patches are applied in the writer
 PATCH_TRIES = 5  # a patch is applied again this often when the object changes meanwhile
 
 
@@ -203,21 +203,21 @@ async def patch_object(kind: str, key: str):
                            type_="Conflict") from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
             raise ApiError(422, f"patch cannot be applied: {e}", model=kind, key=key) from None
-    # Applied outside the writer, in a worker thread: a heavy patch never holds up other
-    # writes. The writer only checks that the object is still the one the patch was applied
-    # to; if another write changed it meanwhile, the patch is applied again to the new one.
     # A few ops from a small body that copy nothing (a copy is what can multiply an object)
-    # cost less on the event loop than the thread hop.
-    small = len(ops) <= _PATCH_INLINE_OPS and len(await request.get_data()) < _PARSE_INLINE \
-        and not any(op.get("op") == "copy" for op in ops)
+    # cost about what a PUT of the object costs: applied in the writer to the object as it is
+    # there, with no read or thread hop of their own.
+    if len(ops) <= _PATCH_INLINE_OPS and len(await request.get_data()) < _PARSE_INLINE \
+            and not any(op.get("op") == "copy" for op in ops):
+        new = await _replace(k, key, lambda current: patched(json.dumps(current))[1])
+        return json_response(models.public(kind, new))
+    # Any other patch is applied outside the writer, in a worker thread: a heavy one never
+    # holds up other writes. The writer only checks that the object is still the one the
+    # patch was applied to; if another write changed it meanwhile, it is applied again.
     for _ in range(PATCH_TRIES):
         text = await _store().get_json(kind, key)
         if text is None:
             raise _not_found(k, key)
-        if small and len(text) < _PARSE_INLINE:
-            before, after = patched(text)  # small: a thread hop would cost more than this
-        else:
-            before, after = await trio.to_thread.run_sync(patched, text)
+        before, after = await trio.to_thread.run_sync(patched, text)
 
         def make_new(current, before=before, after=after):
             if current != before:
