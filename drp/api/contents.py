@@ -162,10 +162,10 @@ def _put(name: str, record: dict, objects: list, *, must_exist: bool):
 
 
 async def _body_bundle(url_name: str | None = None):
-    raw = await limits.read_capped_body(current_app.node.cfg.max_content_size,
-                                        "--max-content-size", "the content bundle",
-                                        model="contents", key=url_name or "")
     cfg = current_app.node.cfg
+    raw = await limits.read_capped_body(cfg.max_content_size, "--max-content-size",
+                                        "the content bundle", model="contents",
+                                        key=url_name or "")
     doc = await trio.to_thread.run_sync(functools.partial(
         parse_bundle, raw, request.content_type or "",
         max_alias_nodes=cfg.max_yaml_alias_nodes, max_bytes=cfg.max_content_size))
