@@ -27,8 +27,8 @@ from pathlib import Path
 import trio
 
 from drp import models
+from drp.api.errors import ApiError
 from drp.api.objects import _check_unique_name
-from drp.errors import ApiError
 from drp.store import schema
 from drp.store.store import Store
 from tests.storeutil import promote
@@ -41,8 +41,8 @@ def check_before(tx, kind: models.Kind, key: str, obj: dict) -> None:
     """The uniqueness check before objects.name (drp/api/objects.py at 7bbd908)."""
     if kind.name != "machines":
         return
-    clash = tx.query("SELECT key FROM objects WHERE kind='machines' AND key != ? AND "
-                     "json_extract(body, '$.Name') = ?", (key, obj["Name"]))
+    clash = tx.conn.execute("SELECT key FROM objects WHERE kind='machines' AND key != ? AND "
+                            "json_extract(body, '$.Name') = ?", (key, obj["Name"])).fetchall()
     if clash:
         raise ApiError(409, f"machine name {obj['Name']} is already used by {clash[0][0]}",
                        model=kind.name, key=key)

@@ -1,20 +1,12 @@
-"""dr-provision's error body: {Model, Key, Type, Messages, Code}."""
+"""dr-provision's error body: {Model, Key, Type, Messages, Code}.
+
+Plain data, for whoever answers a client (the API, the static file server, blob sends); the
+exception that carries it over the API is drp.api.errors.ApiError.
+"""
 from __future__ import annotations
 
 
-class ApiError(Exception):
-    """An error a client gets back as dr-provision's error body with HTTP status `code`."""
+def error_body(code: int, *messages: str, model: str = "", key: str = "",
+               type_: str = "API_ERROR") -> dict:
+    return {"Model": model, "Key": key, "Type": type_, "Messages": list(messages), "Code": code}
 
-    def __init__(self, code: int, *messages: str, model: str = "", key: str = "",
-                 type_: str = "API_ERROR", headers: dict | None = None):
-        super().__init__("; ".join(messages))
-        self.headers = headers or {}  # e.g. Retry-After on a 429
-        self.code = code
-        self.messages = list(messages)
-        self.model = model
-        self.key = key
-        self.type = type_
-
-    def body(self) -> dict:
-        return {"Model": self.model, "Key": self.key, "Type": self.type,
-                "Messages": self.messages, "Code": self.code}

@@ -36,7 +36,7 @@ def metrics_service(node, stop: trio.Event):
     async def metrics():
         HEAD_SEQ.set(node.store.head)
         EPOCH.set(node.store.epoch)
-        ROLE.set(1 if node.ha_role != "passive" else 0)
+        ROLE.set(1 if node.is_active else 0)
         return Response(prom.generate_latest(REGISTRY), content_type=prom.CONTENT_TYPE_LATEST)
 
     async def run(task_status=trio.TASK_STATUS_IGNORED):

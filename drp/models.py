@@ -9,7 +9,25 @@ import ipaddress
 import uuid
 from dataclasses import dataclass, field
 
-from drp.errors import ApiError
+
+class ObjectError(Exception):
+    """An object a client sent (or asked for) that is not one; drp/api answers it."""
+
+    def __init__(self, *messages: str, model: str = "", key: str = ""):
+        super().__init__("; ".join(messages))
+        self.messages, self.model, self.key = list(messages), model, key
+
+
+class UnknownKind(ObjectError):
+    """No such object type."""
+
+
+class NotAnObject(ObjectError):
+    """The body is not a JSON object."""
+
+
+class Invalid(ObjectError):
+    """Every validation problem found, one message each."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +101,7 @@ def kind_or_404(name: str) -> Kind:
     try:
         return KINDS[name]
     except KeyError:
-        raise ApiError(404, f"no such object type: {name}", model=name) from None
+        raise UnknownKind(f"no such object type: {name}", model=name) from None
 
 
 def _type_name(t) -> str:
@@ -95,10 +113,10 @@ def _type_name(t) -> str:
 
 def normalize(kind: Kind, obj, *, key: str | None = None, readonly: bool = False,
               bundle: str = "") -> dict:
-    """Validate a client's object and return it as stored, or raise a 422 ApiError listing
+    """Validate a client's object and return it as stored, or raise Invalid (422) listing
     every problem found (not just the first)."""
     if not isinstance(obj, dict):
-        raise ApiError(422, f"{kind.model} must be a JSON object", model=kind.name, key=key or "")
+        raise NotAnObject(f"{kind.model} must be a JSON object", model=kind.name, key=key or "")
     obj = {k: v for k, v in obj.items() if k not in SERVER_FIELDS}
     if kind.generated_key and not obj.get(kind.key):
         obj[kind.key] = key or str(uuid.uuid4())
@@ -121,8 +139,7 @@ def normalize(kind: Kind, obj, *, key: str | None = None, readonly: bool = False
         problems.append(f"{kind.key} may not contain '/' or NUL")
     problems += _kind_checks(kind.name, obj)
     if problems:
-        raise ApiError(422, *problems, model=kind.name, key=str(keyval or key or ""),
-                       type_="ValidationError")
+        raise Invalid(*problems, model=kind.name, key=str(keyval or key or ""))
     for name, default in (("Params", {}), ("Meta", {})):
         obj.setdefault(name, default)
     if kind.name == "users":

@@ -1,37 +1,25 @@
 """What one running dr-provision node is: its config, store, identity and HA view.
 
-The API reads this to answer /api/v3/info and to know which role the node is in; the HA
-supervisor (when enabled) fills in the ha_* fields.
+The API reads this to answer /api/v3/info and to know which role the node is in: the HA
+supervisor (when enabled) answers for the role, which owns its own state (drp.ha.roles).
 """
 from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from drp import __version__, auth
 from drp.claims import BUILTIN_ROLES, SUPERUSER_ROLE
 from drp.config import Config
+from drp.platform_id import goarch, goos
 from drp.store.store import Store
 
 log = logging.getLogger("drp.node")
-
-GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
-          "ppc64le": "ppc64le", "s390x": "s390x"}
-
-
-def goarch() -> str:
-    machine = platform.machine()
-    return GOARCH.get(machine, machine)
-
-
-def goos() -> str:
-    return platform.system().lower()
 
 
 def lowest_mac() -> str | None:
@@ -51,29 +39,45 @@ def lowest_mac() -> str | None:
     return min(pool) if pool else None
 
 
+@dataclass(frozen=True)
+class RoleStatus:
+    """What a role says about itself (drp.ha.roles), read by /api/v3/info, metrics and the
+    systemd STATUS line."""
+    role: str = "standalone"  # "active" | "passive" | "standalone"
+    ha_status: str = "Up"  # Up, Connecting, Syncing, In-Sync, Refused, Handover
+    active_id: str = ""
+    reason: str = ""  # why the node is not where it was asked to be (a refusal), for operators
+    passives: tuple = ()  # the active's view of its passives (ha_passive_state)
+
+
+STANDALONE = RoleStatus()
+
+
+class HaControl(Protocol):
+    """The HA supervisor as the rest of the node sees it (drp.ha.supervisor.Supervisor)."""
+    def status(self) -> RoleStatus: ...
+    def replication_hub(self) -> Any: ...  # the active's hub (drp.ha.sender.Hub), else None
+    async def request_switch(self, role: str, done=None, hold=None) -> None: ...
+
+
 @dataclass
 class Node:
     cfg: Config
     store: Store
     drp_id: str
     started: float = field(default_factory=time.time)
-    # HA view, kept current by the supervisor and the role subtrees.
-    ha_role: str = "standalone"  # "active" | "passive" | "standalone"
-    ha_status: str = "Up"
-    ha_active_id: str = ""
-    ha_reason: str = ""  # why the passive is not syncing (a refusal), for operators
-    passive_states: Callable[[], list[dict]] = lambda: []
-    switch_role: Callable[[str], Any] | None = None  # async fn("active"|"passive")
+    ha: HaControl | None = None  # the supervisor, when --ha-enabled
     status_line: Callable[[str], None] = lambda text: None
     websockets: set = field(default_factory=set)  # cancel scopes of open websocket handlers
-    follower: Any = None  # the passive's replication follower (drp.ha.follower) while passive
-    hub: Any = None  # the active's replication hub (drp.ha.sender.Hub) while active
     cert_path: Path | None = None
     key_path: Path | None = None
 
+    def status(self) -> RoleStatus:
+        return self.ha.status() if self.ha is not None else STANDALONE
+
     @property
     def is_active(self) -> bool:
-        return self.ha_role != "passive"
+        return self.status().role != "passive"
 
 
 def resolve_drp_id(store: Store, cfg: Config) -> str:
@@ -94,7 +98,7 @@ def bootstrap(tx, drp_id: str) -> bool:
     """First start of a node that owns its data: epoch 1, the token secret, the default user.
     Returns True when it created anything."""
     created = False
-    if not tx.query("SELECT 1 FROM epochs LIMIT 1"):
+    if tx.max_epoch() == 0:  # no epoch history yet
         tx.record("ha", drp_id, "promote", {"epoch": 1, "drp_id": drp_id}, epoch=1)
         tx.epoch = 1
         created = True
@@ -106,7 +110,7 @@ def bootstrap(tx, drp_id: str) -> bool:
             **BUILTIN_ROLES[SUPERUSER_ROLE], "Params": {}, "Validated": True, "Available": True,
             "Errors": [], "ReadOnly": False})
         created = True
-    if not tx.query("SELECT 1 FROM objects WHERE kind='users' LIMIT 1"):
+    if not tx.has_any("users"):
         tx.record("users", auth.DEFAULT_USER, "create", {
             "Name": auth.DEFAULT_USER, "Roles": ["superuser"], "Secret": auth.new_secret(),
             "PasswordHash": auth.hash_password(auth.DEFAULT_PASSWORD), "Params": {}, "Meta": {},
@@ -119,18 +123,18 @@ def bootstrap(tx, drp_id: str) -> bool:
 
 
 def info(node: Node, stats: dict) -> dict:
-    cfg = node.cfg
+    cfg, status = node.cfg, node.status()
     return {
         "arch": goarch(), "os": goos(), "version": f"v{__version__}",
         "id": node.drp_id, "local_id": node.drp_id, "ha_id": cfg.ha_id or "",
         "api_port": cfg.api_port, "file_port": cfg.static_port,
         "address": cfg.static_ip or (str(cfg.ha_address.ip) if cfg.ha_address else ""),
-        "ha_enabled": cfg.ha_enabled, "ha_is_active": node.is_active,
-        "ha_status": node.ha_status,
+        "ha_enabled": cfg.ha_enabled, "ha_is_active": status.role != "passive",
+        "ha_status": status.ha_status,
         "ha_virtual_address": str(cfg.ha_address) if cfg.ha_address else "",
-        "ha_active_id": node.ha_active_id or (node.drp_id if node.is_active else ""),
-        "ha_passive_state": node.passive_states(),
-        "ha_reason": node.ha_reason,
+        "ha_active_id": status.active_id or (node.drp_id if status.role != "passive" else ""),
+        "ha_passive_state": list(status.passives),
+        "ha_reason": status.reason,
         "stats": stats, "uptime": int(time.time() - node.started),
         "features": ["api-v3", "sane-exit-codes", "ha", "file-sha256", "jsonpatch"],
         "pid": os.getpid(),

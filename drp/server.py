@@ -13,7 +13,7 @@ from drp import config as configmod, node as nodemod, systemd, tls
 from drp.api.app import create_app
 from drp.blob.static import static_service
 from drp.config import Config, ConfigError
-from drp.ha.supervisor import run_supervisor
+from drp.ha.supervisor import Supervisor
 from drp.metrics import metrics_service
 from drp.serving import hypercorn_config, serve_app
 from drp.store.store import Store
@@ -65,9 +65,10 @@ class Server:
 
     async def _run_node(self, node) -> None:
         cfg = node.cfg
+        supervisor = None
         if cfg.ha_enabled:  # the supervisor decides the role; until then, no writes
-            node.ha_role, node.ha_status = "passive", "Connecting"
-            node.store.refuse_writes = "this node is starting up in HA mode; try again shortly"
+            supervisor = node.ha = Supervisor(node)
+            node.store.refuse_writes("this node is starting up in HA mode; try again shortly")
         else:
             await node.store.write(lambda tx: nodemod.bootstrap(tx, node.drp_id), internal=True)
         app = create_app(node)
@@ -92,10 +93,10 @@ class Server:
             for start in self._extra_services(node):
                 await nursery.start(start)
             ha_scope = trio.CancelScope()
-            if cfg.ha_enabled:
+            if supervisor is not None:
                 async def run_ha(task_status=trio.TASK_STATUS_IGNORED):
                     with ha_scope:
-                        await run_supervisor(node, task_status=task_status)
+                        await supervisor.run(task_status=task_status)
                 await nursery.start(run_ha)
             else:
                 node.status_line("standalone: serving")
@@ -137,11 +138,11 @@ class Server:
                     self.stop.set()
                     continue
                 role = "active" if signum == signal.SIGUSR1 else "passive"
-                if node.switch_role is None:
+                if node.ha is None:
                     log.info("got %s: HA not enabled; ignoring", signal.Signals(signum).name)
                 else:
                     log.info("got %s: switching to %s", signal.Signals(signum).name, role)
-                    await node.switch_role(role)
+                    await node.ha.request_switch(role)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from drp.blob import storage
+from drp.blob.files import BlobFiles
 from drp.blob.gate import BlobGate
 from drp.blob.storage import PathError
 
@@ -61,7 +62,7 @@ async def test_stage_install_and_failure_cleanup(tmp_path):
     assert staged.size == sum(map(len, data))
     assert staged.sha256 == hashlib.sha256(b"".join(data)).hexdigest()
     assert not target.exists()  # nothing visible before install
-    storage.install(staged, target, 0o755)
+    BlobFiles(tmp_path).install(staged, "files/x/y.bin", 0o755)
     assert target.read_bytes() == b"".join(data) and target.stat().st_mode & 0o777 == 0o755
     assert storage.file_sha256(target) == (staged.size, staged.sha256)
     storage.discard(staged)  # a no-op once installed

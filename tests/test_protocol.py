@@ -1,13 +1,17 @@
-"""drp.ha.protocol, fed messages directly: no network, no trio, no clock."""
+"""drp.ha.protocol and the passive's session, fed messages directly: no network, no trio,
+no clock (times are passed in)."""
 import json
 
 import pytest
 
 from drp.ha import protocol as p
+from drp.ha.passive_session import PassiveSession
 from drp.ha.protocol import (FULL, IN_SYNC, STREAM, SYNCING, CONNECTING, Ack, ActiveTracker,
-                             Entries, Heartbeat, Hello, PassiveFollower, ProtocolError, Refuse,
+                             Entries, Handover, Heartbeat, Hello, ProtocolError, Refuse,
                              Snapshot, SnapshotDone, SyncPlan, Welcome, check_hello, decode,
                              encode, plan_sync)
+from drp.ha.session_events import Apply, FetchSnapshot, InSync, Send, Welcomed
+from drp.store.wire import entries_frame
 
 SHA = "ab" * 32
 
@@ -284,81 +288,93 @@ def test_helpers_epoch_at_and_identical_histories():
     assert [p.epoch_at(h, s) for s in (0, 1, 49, 50, 99)] == [0, 1, 1, 2, 2]
 
 
-# --- PassiveFollower -------------------------------------------------------------------------
+# --- PassiveSession --------------------------------------------------------------------------
+# Every call is at T0: progress (Lagging) is reported at most every REPORT_EVERY seconds, so
+# none shows here; tests/test_sessions.py covers it and the time-driven parts.
 
-def streaming_follower(seq=10, head=12):
-    f = PassiveFollower()
-    f.start(hello(seq=seq))
-    f.on_welcome(welcome(head=head))
-    return f
+T0 = 0.0
 
 
-def test_nothing_is_accepted_before_start():
-    f = PassiveFollower()
-    assert f.state == CONNECTING
-    with pytest.raises(ProtocolError, match="unexpected welcome"):
-        f.on_welcome(welcome())
-    with pytest.raises(ProtocolError, match="unexpected entries"):
-        f.on_entries(Entries([entry(1)], 1))
-    with pytest.raises(ProtocolError, match="before welcome"):
-        f.on_heartbeat(Heartbeat(1, 1.0))
+def sent(events):
+    """The messages the session asks to send, as the peer would decode them."""
+    return [decode(e.frame) for e in events if isinstance(e, Send)]
+
+
+def in_syncs(events):
+    return [e for e in events if isinstance(e, InSync)]
+
+
+def streaming_session(seq=10, head=12):
+    s = PassiveSession(hello(seq=seq), T0)
+    s.receive(welcome(head=head), T0)
+    return s
+
+
+def test_nothing_but_welcome_or_refuse_is_accepted_before_welcome():
+    s = PassiveSession(hello(), T0)
+    assert s.state == CONNECTING
+    assert sent(s.start()) == [hello()]
+    for msg in (Entries([entry(1)], 1), Heartbeat(1, 1.0), Snapshot(30, "s", 1, SHA),
+                Handover(4)):
+        with pytest.raises(ProtocolError, match=msg.type):
+            s.receive(msg, T0)
+    assert s.state == CONNECTING
 
 
 def test_stream_catch_up_then_realtime_exactly_once():
-    f = PassiveFollower()
-    assert f.start(hello(seq=10)) == hello(seq=10)
-    assert f.state == CONNECTING
-    f.on_welcome(welcome(head=12))
-    assert (f.state, f.mode, f.lag_entries, f.just_reached_realtime) == (SYNCING, STREAM, 2, False)
+    s = PassiveSession(hello(seq=10), T0)
+    assert s.start() == [Send(encode(hello(seq=10)))]
+    assert s.state == CONNECTING
+    w = welcome(head=12)
+    assert s.receive(w, T0) == [Welcomed(w)]
+    assert (s.state, s.mode, s.lag_entries) == (SYNCING, STREAM, 2)
 
-    assert f.on_entries(Entries([entry(11), entry(12)], head=12)) == [entry(11), entry(12)]
-    assert f.applied(11) == Ack(11)
-    assert not f.just_reached_realtime and f.state == SYNCING and f.lag_entries == 1
-    assert f.applied(12) == Ack(12)
-    assert f.just_reached_realtime and f.state == IN_SYNC and f.lag_entries == 0
+    assert s.receive(Entries([entry(11), entry(12)], head=12), T0) == \
+        [Apply([entry(11), entry(12)])]
+    assert s.applied(11, T0) == [Send(encode(Ack(11)))]
+    assert s.state == SYNCING and s.lag_entries == 1
+    assert s.applied(12, T0) == [Send(encode(Ack(12))), InSync(12)]
+    assert s.state == IN_SYNC and s.lag_entries == 0
 
     # later lag going to 0 again does not report again
-    f.on_entries(Entries([entry(13)], head=14))
-    assert not f.just_reached_realtime
-    f.on_heartbeat(Heartbeat(14, 200.0))
-    f.on_entries(Entries([entry(14)], head=14))
-    f.applied(14)
-    assert not f.just_reached_realtime and f.state == IN_SYNC
-    assert f.status() == {"state": IN_SYNC, "epoch": 1, "seq": 14, "head": 14, "lag": 0,
+    events = s.receive(Entries([entry(13)], head=14), T0)
+    events += s.receive(Heartbeat(14, 200.0), T0)
+    events += s.receive(Entries([entry(14)], head=14), T0)
+    events += s.applied(14, T0)
+    assert in_syncs(events) == [] and s.state == IN_SYNC
+    assert s.status() == {"state": IN_SYNC, "epoch": 1, "seq": 14, "head": 14, "lag": 0,
                           "lag_seconds": 0.0}
 
 
 def test_realtime_fires_again_after_reconnect():
-    f = streaming_follower(seq=10, head=11)
-    f.on_entries(Entries([entry(11)], 11))
-    f.applied(11)
-    assert f.just_reached_realtime
-    f.disconnected()
-    assert f.state == CONNECTING and not f.just_reached_realtime
+    """InSync once per connection; a reconnect is a new session built from a new hello."""
+    first = streaming_session(seq=10, head=11)
+    first.receive(Entries([entry(11)], 11), T0)
+    assert in_syncs(first.applied(11, T0)) == [InSync(11)]
+    # the connection drops: nothing more comes of this session
+
+    again = PassiveSession(hello(seq=11), T0)
+    assert again.state == CONNECTING
     with pytest.raises(ProtocolError):
-        f.on_entries(Entries([entry(12)], 12))  # nothing flows until the next hello
-    f.start(hello(seq=11))
-    f.on_welcome(welcome(head=13))
-    f.on_entries(Entries([entry(12), entry(13)], 13))
-    f.applied(12)
-    assert not f.just_reached_realtime
-    f.applied(13)
-    assert f.just_reached_realtime and f.state == IN_SYNC
+        again.receive(Entries([entry(12)], 12), T0)  # nothing flows until the welcome
+    events = again.receive(welcome(head=13), T0)
+    events += again.receive(Entries([entry(12), entry(13)], 13), T0)
+    assert in_syncs(again.applied(12, T0)) == [] and in_syncs(events) == []
+    assert in_syncs(again.applied(13, T0)) == [InSync(13)] and again.state == IN_SYNC
 
 
 def test_welcome_at_the_same_head_is_realtime_at_once():
-    f = PassiveFollower()
-    f.start(hello(seq=10))
-    f.on_welcome(welcome(head=10))
-    assert f.state == IN_SYNC and f.just_reached_realtime
-    f.on_heartbeat(Heartbeat(10, 5.0))
-    assert not f.just_reached_realtime  # the flag is for one call only
+    s = PassiveSession(hello(seq=10), T0)
+    w = welcome(head=10)
+    assert s.receive(w, T0) == [Welcomed(w), InSync(10)]
+    assert s.state == IN_SYNC
+    assert s.receive(Heartbeat(10, 5.0), T0) == []  # the event is for one call only
 
 
 def test_heartbeat_raises_head_and_lag():
-    f = streaming_follower(seq=10, head=10)
-    f.on_heartbeat(Heartbeat(15, 300.0))
-    assert f.lag_entries == 5 and f.lag_seconds is None  # the entries have not arrived yet
+    s = streaming_session(seq=10, head=10)
+    s.receive(Heartbeat(15, 300.0), T0)
+    assert s.lag_entries == 5 and s.lag_seconds is None  # the entries have not arrived yet
 
 
 @pytest.mark.parametrize("items, words", [
@@ -368,111 +384,109 @@ def test_heartbeat_raises_head_and_lag():
     ([entry(11), entry(11)], "expected seq 12, got 11"),
 ])
 def test_contiguity_errors(items, words):
-    f = streaming_follower(seq=10, head=20)
+    s = streaming_session(seq=10, head=20)
     with pytest.raises(ProtocolError, match=words):
-        f.on_entries(Entries(items, head=20))
-    assert f.received_seq == 10  # a rejected batch is not taken in part
+        s.receive(Entries(items, head=20), T0)
+    assert s.received_seq == 10  # a rejected batch is not taken in part
 
 
 def test_gap_after_an_accepted_batch():
-    f = streaming_follower(seq=10, head=20)
-    f.on_entries(Entries([entry(11), entry(12)], 20))
+    s = streaming_session(seq=10, head=20)
+    s.receive(Entries([entry(11), entry(12)], 20), T0)
     with pytest.raises(ProtocolError, match="expected seq 13, got 14"):
-        f.on_entries(decode(encode(Entries([entry(14)], 20))))
+        s.receive(decode(encode(Entries([entry(14)], 20))), T0)
 
 
 def test_epoch_changes_only_at_promote_markers():
-    f = streaming_follower(seq=10, head=20)
+    s = streaming_session(seq=10, head=20)
     with pytest.raises(ProtocolError, match="without a promote marker"):
-        f.on_entries(Entries([entry(11, epoch=2)], 20))
+        s.receive(Entries([entry(11, epoch=2)], 20), T0)
     with pytest.raises(ProtocolError, match="without a promote marker"):
-        f.on_entries(Entries([entry(11, epoch=0)], 20))  # backwards
+        s.receive(Entries([entry(11, epoch=0)], 20), T0)  # backwards
     with pytest.raises(ProtocolError, match="promotes to epoch 1"):
-        f.on_entries(Entries([marker(11, 1, "n9")], 20))
-    f.on_entries(Entries([entry(11), marker(12, 2, "n2"), entry(13, epoch=2)], 20))
-    f.applied(11)
-    assert f.epoch == 1
-    f.applied(13)
-    assert f.epoch == 2
+        s.receive(Entries([marker(11, 1, "n9")], 20), T0)
+    s.receive(Entries([entry(11), marker(12, 2, "n2"), entry(13, epoch=2)], 20), T0)
+    s.applied(11, T0)
+    assert s.epoch == 1
+    s.applied(13, T0)
+    assert s.epoch == 2
     with pytest.raises(ProtocolError, match="from epoch 2 to 1"):
-        f.on_entries(Entries([entry(14, epoch=1)], 20))
+        s.receive(Entries([entry(14, epoch=1)], 20), T0)
 
 
 def test_applied_outside_what_was_received_is_a_driver_bug():
-    f = streaming_follower(seq=10, head=20)
-    f.on_entries(Entries([entry(11)], 20))
+    s = streaming_session(seq=10, head=20)
+    s.receive(Entries([entry(11)], 20), T0)
     with pytest.raises(ValueError):
-        f.applied(12)
-    f.applied(11)
+        s.applied(12, T0)
+    s.applied(11, T0)
     with pytest.raises(ValueError):
-        f.applied(10)
+        s.applied(10, T0)
 
 
 def test_stream_welcome_below_our_head_is_rejected():
-    f = PassiveFollower()
-    f.start(hello(seq=10))
+    s = PassiveSession(hello(seq=10), T0)
     with pytest.raises(ProtocolError, match="past the active's head 8"):
-        f.on_welcome(welcome(head=8))
+        s.receive(welcome(head=8), T0)
 
 
 def test_second_welcome_is_rejected():
-    f = streaming_follower()
+    s = streaming_session()
     with pytest.raises(ProtocolError, match="unexpected welcome"):
-        f.on_welcome(welcome())
+        s.receive(welcome(), T0)
 
 
 def test_full_catch_up_with_divergent_entries():
-    f = PassiveFollower()
-    f.start(hello(epoch=2, seq=70, history=((1, 1, "n1"), (2, 50, "n3"))))
-    f.on_welcome(welcome(head=60, mode=FULL, divergent=21, history=tuple(H12)))
-    assert (f.state, f.divergent, f.head, f.just_reached_realtime) == (SYNCING, 21, 60, False)
-    with pytest.raises(ProtocolError, match="awaiting snapshot"):
-        f.on_entries(Entries([entry(71, epoch=2)], 71))
-    f.on_heartbeat(Heartbeat(64, 10.0))  # the active moved on while the snapshot was taken
-    assert f.state == SYNCING  # no realtime before the snapshot is in
+    s = PassiveSession(hello(epoch=2, seq=70, history=((1, 1, "n1"), (2, 50, "n3"))), T0)
+    w = welcome(head=60, mode=FULL, divergent=21, history=tuple(H12))
+    assert s.receive(w, T0) == [Welcomed(w)]
+    assert (s.state, s.divergent, s.head) == (SYNCING, 21, 60)
+    with pytest.raises(ProtocolError, match="snapshot"):
+        s.receive(Entries([entry(71, epoch=2)], 71), T0)
+    # the active moved on while the snapshot was taken: no realtime before it is in
+    assert s.receive(Heartbeat(64, 10.0), T0) == []
+    assert s.state == SYNCING
 
     snap = Snapshot(62, "snap-62", 4096, SHA)
-    assert f.on_snapshot(snap) == snap
+    assert s.receive(snap, T0) == [FetchSnapshot(snap)]
     with pytest.raises(ProtocolError, match="unexpected snapshot"):
-        f.on_snapshot(snap)
+        s.receive(snap, T0)
     with pytest.raises(ValueError):
-        f.snapshot_installed(61)
-    assert f.snapshot_installed(62) == SnapshotDone(62)
-    assert (f.applied_seq, f.epoch, f.state, f.lag_entries) == (62, 2, SYNCING, 2)
-    f.on_entries(Entries([entry(63, epoch=2)], head=64))
+        s.snapshot_installed(61, T0)
+    assert s.snapshot_installed(62, T0) == [Send(encode(SnapshotDone(62)))]
+    assert (s.applied_seq, s.epoch, s.state, s.lag_entries) == (62, 2, SYNCING, 2)
+    s.receive(Entries([entry(63, epoch=2)], head=64), T0)
     with pytest.raises(ProtocolError, match="expected seq 64, got 63"):
-        f.on_entries(Entries([entry(63, epoch=2)], head=64))
-    f.applied(63)
-    f.on_entries(Entries([entry(64, epoch=2)], head=64))
-    f.applied(64)
-    assert f.state == IN_SYNC and f.just_reached_realtime
+        s.receive(Entries([entry(63, epoch=2)], head=64), T0)
+    assert in_syncs(s.applied(63, T0)) == []
+    s.receive(Entries([entry(64, epoch=2)], head=64), T0)
+    assert in_syncs(s.applied(64, T0)) == [InSync(64)] and s.state == IN_SYNC
 
 
 def test_snapshot_at_the_head_reaches_realtime_on_install():
-    f = PassiveFollower()
-    f.start(hello(epoch=0, seq=0, history=()))
-    f.on_welcome(welcome(head=30, mode=FULL))
-    f.on_snapshot(Snapshot(30, "s", 1, SHA))
-    f.snapshot_installed(30)
-    assert f.state == IN_SYNC and f.just_reached_realtime
+    s = PassiveSession(hello(epoch=0, seq=0, history=()), T0)
+    s.receive(welcome(head=30, mode=FULL), T0)
+    s.receive(Snapshot(30, "s", 1, SHA), T0)
+    assert s.snapshot_installed(30, T0) == [Send(encode(SnapshotDone(30))), InSync(30)]
+    assert s.state == IN_SYNC
 
 
 def test_snapshot_in_stream_mode_is_unexpected():
-    f = streaming_follower()
+    s = streaming_session()
     with pytest.raises(ProtocolError, match="unexpected snapshot"):
-        f.on_snapshot(Snapshot(30, "s", 1, SHA))
+        s.receive(Snapshot(30, "s", 1, SHA), T0)
 
 
 def test_lag_seconds_is_the_age_of_the_oldest_unapplied_entry_on_the_actives_clock():
-    f = streaming_follower(seq=10, head=10)
-    f.on_entries(Entries([entry(11, time=1000.0), entry(12, time=1003.0)], head=12))
-    assert f.lag_entries == 2 and f.lag_seconds == 3.0
-    f.on_heartbeat(Heartbeat(12, 1010.0))
-    assert f.lag_seconds == 10.0
-    f.applied(11)
-    assert f.lag_seconds == 7.0
-    f.applied(12)
-    assert f.lag_seconds == 0.0
+    s = streaming_session(seq=10, head=10)
+    s.receive(Entries([entry(11, time=1000.0), entry(12, time=1003.0)], head=12), T0)
+    assert s.lag_entries == 2 and s.lag_seconds == 3.0
+    s.receive(Heartbeat(12, 1010.0), T0)
+    assert s.lag_seconds == 10.0
+    s.applied(11, T0)
+    assert s.lag_seconds == 7.0
+    s.applied(12, T0)
+    assert s.lag_seconds == 0.0
 
 
 # --- ActiveTracker ---------------------------------------------------------------------------
@@ -634,26 +648,27 @@ def test_snapshot_done_counts_as_an_ack():
 # --- both ends together ----------------------------------------------------------------------
 
 def test_end_to_end_exchange_through_the_wire_format():
-    """Active and passive state machines talking through encode/decode only."""
+    """The passive session and the active's checks talking through the wire format only."""
     active_log = [marker(1, 1, "n1")] + [entry(s, time=float(s)) for s in range(2, 8)]
     tracker = ActiveTracker(head=7)
-    follower = PassiveFollower()
+    session = PassiveSession(hello(seq=3, history=((1, 1, "n1"),)), T0)
     passive_applied = [marker(1, 1, "n1"), entry(2, time=2.0), entry(3, time=3.0)]
 
-    h = decode(encode(follower.start(hello(seq=3, history=((1, 1, "n1"),)))))
+    [h] = sent(session.start())
     assert check_hello(h, **CLUSTER, drp_id="n1") is None
     sp = plan_sync(active_history=[(1, 1, "n1")], active_head=7, active_oldest_retained_seq=1,
                    passive_history=h.history, passive_head=h.seq)
     assert sp == SyncPlan(STREAM, 4, 0)
     tracker.add(h.drp_id, "198.18.0.12", sp.start_seq)
-    follower.on_welcome(decode(encode(Welcome("n1", 1, 7, ((1, 1, "n1"),), sp.mode, 0, 8091))))
+    session.receive(decode(encode(Welcome("n1", 1, 7, ((1, 1, "n1"),), sp.mode, 0, 8091))), T0)
 
-    batch = Entries(active_log[sp.start_seq - 1:], head=7)
+    frame = entries_frame([json.dumps(e) for e in active_log[sp.start_seq - 1:]], 7)
     tracker.on_sent("n2", 7, now=10.0)
-    for item in follower.on_entries(decode(encode(batch))):
-        passive_applied.append(item)
-    ack = decode(encode(follower.applied(7)))
-    assert follower.just_reached_realtime and passive_applied == active_log
+    [apply] = session.receive(decode(frame), T0)
+    passive_applied.extend(apply.entries)
+    events = session.applied(apply.entries[-1]["seq"], T0)
+    [ack] = sent(events)
+    assert in_syncs(events) == [InSync(7)] and passive_applied == active_log
     assert tracker.on_ack("n2", ack.seq, now=10.1) is True
     assert tracker.snapshot()[0]["electable"] is True
 
@@ -661,7 +676,6 @@ def test_end_to_end_exchange_through_the_wire_format():
 def test_passive_joins_in_sync_while_the_head_keeps_moving():
     """Under steady load the head moves on before any ack arrives; a passive that was sent
     everything up to the head then holds writes back, and is In-Sync once it acks that."""
-    from drp.ha.protocol import ActiveTracker
     t = ActiveTracker(head=10)
     t.add("b", "198.18.0.12", 1)
     t.on_sent("b", 5, 0.0)  # not caught up: nothing changes
@@ -679,7 +693,6 @@ def test_passive_joins_in_sync_while_the_head_keeps_moving():
 
 
 def test_joining_passive_that_stalls_is_dropped():
-    from drp.ha.protocol import ActiveTracker
     t = ActiveTracker(head=3)
     t.add("b", "x", 1)
     t.on_sent("b", 3, 0.0)
@@ -688,9 +701,9 @@ def test_joining_passive_that_stalls_is_dropped():
     assert t.must_wait_for(4) == set()
 
 
-def test_encode_entries_matches_encode():
+def test_entries_frame_matches_encode():
     items = [entry(1), entry(2, body={"Name": "x", "Params": {"a": [1, None]}}),
              entry(3, kind="joblog", data="AGFi")]
-    frame = p.encode_entries([json.dumps(i) for i in items], 7)
+    frame = entries_frame([json.dumps(i) for i in items], 7)
     assert json.loads(frame) == json.loads(encode(Entries(items, 7)))
     assert decode(frame) == Entries(items, 7)

@@ -19,8 +19,8 @@ from trio_websocket import HandshakeError, open_websocket_url
 from drp import claims as c
 from drp.api import rbac
 from drp.api.app import create_app
+from drp.api.errors import ApiError
 from drp.config import load
-from drp.errors import ApiError
 
 PW = "pw-roles-1"
 

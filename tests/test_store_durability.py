@@ -9,7 +9,8 @@ import threading
 import pytest
 import trio
 
-from drp.errors import ApiError
+from drp.api.errors import api_error
+from drp.store.errors import StorageLost
 from drp.store.store import Store
 from tests.storeutil import promote, put
 
@@ -103,11 +104,12 @@ async def test_failed_flush_fails_the_group_and_stops_writes(store, monkeypatch,
     """A commit the disk would not flush is reported failed; nothing is written after it (nor
     replicated entries acknowledged), and the server is told to stop."""
     flush, stopped, seen = lose_the_disk(store, monkeypatch)
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(StorageLost) as info:
         await store.write(put("profiles", "unflushed", {"Name": "unflushed"}))
-    assert info.value.code == 500 and info.value.type == "StorageError"
-    assert "OSError" in info.value.messages[0] and "restart dr-provision" in info.value.messages[0]
-    assert stopped == info.value.messages
+    answer = api_error(info.value)  # what a client gets
+    assert answer.code == 500 and answer.type == "StorageError"
+    assert "OSError" in str(info.value) and "restart dr-provision" in str(info.value)
+    assert stopped == [str(info.value)] == answer.messages
     assert any(r.levelname == "CRITICAL" for r in caplog.records)
     # committed and visible (readers, passives, listeners), but reported failed
     assert await store.get("profiles", "unflushed") is not None
@@ -115,14 +117,14 @@ async def test_failed_flush_fails_the_group_and_stops_writes(store, monkeypatch,
     flush.fail = False  # even with the disk back
     head = store.head
     for internal in (False, True):
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(StorageLost) as info:
             await store.write(put("profiles", "after", {"Name": "after"}), internal=internal)
-        assert info.value.code == 500
-    with pytest.raises(ApiError):
+        assert api_error(info.value).code == 500
+    with pytest.raises(StorageLost):
         await store.apply_replicated([entry(head + 1, "r")])
     snap = tmp_path / "snap.db"
     await store.snapshot_into(snap)  # reading still works
-    with pytest.raises(ApiError):
+    with pytest.raises(StorageLost):
         await store.install_snapshot(snap)
     assert store.head == head and await store.get("profiles", "after") is None
 
@@ -137,8 +139,8 @@ async def test_a_write_queued_behind_a_lost_flush_is_refused(store, monkeypatch)
         try:
             await store.write(put("profiles", key, {"Name": key}))
             outcomes[key] = "ok"
-        except ApiError as e:
-            outcomes[key] = e.code
+        except StorageLost as e:
+            outcomes[key] = api_error(e).code
     head = store.head
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer, "first")
@@ -168,14 +170,14 @@ async def test_a_passive_whose_flush_fails_acknowledges_nothing_more(tmp_path, m
     try:
         await passive.apply_replicated([entry(1, "a")])
         flush, stopped, seen = lose_the_disk(passive, monkeypatch)
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(StorageLost) as info:
             await passive.apply_replicated([entry(2, "b"), entry(3, "c")])
-        assert info.value.code == 500 and info.value.type == "StorageError"
+        assert api_error(info.value).type == "StorageError"
         assert stopped and "could not be made durable" in stopped[0]
         assert passive.head == 3  # committed (the next seqs must not be reused)...
         assert [[c["key"] for c in batch] for batch in seen] == [["b", "c"]]  # ...and visible
         flush.fail = False  # the next flush would succeed: it must not be trusted
-        with pytest.raises(ApiError):
+        with pytest.raises(StorageLost):
             await passive.apply_replicated([entry(4, "d")])
         assert passive.head == 3 and await passive.get("profiles", "d") is None
     finally:

@@ -9,8 +9,8 @@ import sqlite3
 import pytest
 
 from drp import models
+from drp.api.errors import ApiError
 from drp.api.objects import _check_unique_name
-from drp.errors import ApiError
 from drp.store import schema
 from drp.store.store import Store
 from tests.storeutil import promote, put

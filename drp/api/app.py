@@ -8,8 +8,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from drp.api import authn, blueprints, oserrors, rbac, sendtimeout, streaming
+from drp.api.errors import MAPPED, ApiError, api_error
 from drp.api.respond import json_response
-from drp.errors import ApiError
 from drp.node import Node
 
 log = logging.getLogger("drp.api")
@@ -52,6 +52,11 @@ def create_app(node: Node) -> QuartTrio:
     async def _api_error(err: ApiError):
         headers = {"WWW-Authenticate": 'Basic realm="dr-provision"'} if err.code == 401 else {}
         return json_response(err.body(), err.code, {**headers, **err.headers})
+
+    async def _lower_error(err: Exception):  # the store's and the models' own exceptions
+        return await _api_error(api_error(err))
+    for lower in MAPPED:
+        app.register_error_handler(lower, _lower_error)
 
     @app.errorhandler(HTTPException)
     async def _http_error(err: HTTPException):

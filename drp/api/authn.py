@@ -11,8 +11,8 @@ import trio
 
 from drp import auth, claims
 from drp.api import throttle
+from drp.api.errors import ApiError
 from drp.config import Config
-from drp.errors import ApiError
 from drp.store.store import Store
 
 
@@ -190,5 +190,4 @@ class Authenticator:
 
 
     async def _store_is_empty(self) -> bool:
-        return await self.store.read(lambda c: c.execute(
-            "SELECT 1 FROM objects WHERE kind IN ('users', 'secrets') LIMIT 1").fetchone() is None)
+        return not await self.store.has_any("users", "secrets")

@@ -10,13 +10,14 @@ from quart_trio.wrappers.response import TrioResponse as Response
 from werkzeug.routing import BaseConverter
 
 from drp.api import limits
+from drp.api.errors import ApiError
 from drp.api.respond import json_response
 from drp.api.streaming import chunks_of
 from drp.blob import storage
+from drp.blob.files import BlobFiles
 from drp.blob.gate import gate_for
 from drp.blob.send import Opened, blob_response, open_blob
 from drp.blob.storage import PathError
-from drp.errors import ApiError
 
 bp = Blueprint("blobs", __name__, url_prefix="/api/v3")
 
@@ -53,6 +54,10 @@ def _base():
     return current_app.node.cfg.base_root
 
 
+def _files() -> BlobFiles:
+    return BlobFiles(_base())
+
+
 def _api_error(e: PathError, model: str, key: str) -> ApiError:
     return ApiError(e.code, str(e), model=model, key=key)
 
@@ -74,8 +79,9 @@ def _not_found(model: str, key: str) -> ApiError:
 async def upload(area: str, rel: str, model: str) -> dict:
     """Stream the request body into blob area/rel; returns the stored blob's info."""
     store = _store()
-    if store.refuse_writes:  # refuse before receiving gigabytes a passive would discard
-        raise ApiError(503, store.refuse_writes, model=model, key=rel, type_="HA_PASSIVE")
+    refused = store.writes_refused
+    if refused:  # refuse before receiving gigabytes a passive would discard
+        raise ApiError(503, refused, model=model, key=rel, type_="HA_PASSIVE")
     try:
         path = storage.blob_path(area, rel)
         target = await trio.to_thread.run_sync(storage.prepare_target, _base(), path)
@@ -89,9 +95,11 @@ async def upload(area: str, rel: str, model: str) -> dict:
             raise ApiError(422, f"upload has sha256 {staged.sha256}, the client said {want}",
                            model=model, key=rel)
 
+        files = _files()
+
         def put(tx):
             try:
-                storage.install(staged, target, mode)
+                files.install(staged, path, mode)
             except PathError as e:
                 raise _api_error(e, model, rel) from None
             tx.record("blob", path, "put",
@@ -117,18 +125,19 @@ async def download(area: str, rel: str, model: str) -> Response:
 async def delete(area: str, rel: str, model: str) -> dict | None:
     """Remove blob area/rel; returns its last blobs row (None if the store had none)."""
     store = _store()
-    path, target = await _checked(area, rel, model)
+    path, _ = await _checked(area, rel, model)
+    files = _files()
 
     def remove(tx):
-        row = tx.query("SELECT size, sha256, mode FROM blobs WHERE path=?", (path,))
+        row = tx.blob(path)
         try:
-            existed = storage.remove(target)
+            existed = files.remove(path)
         except PathError as e:
             raise _api_error(e, model, rel) from None
         if not existed and not row:
             raise _not_found(model, rel)
         tx.record("blob", path, "delete")
-        return dict(zip(("size", "sha256", "mode"), row[0])) if row else None
+        return {k: row[k] for k in ("size", "sha256", "mode")} if row else None
     return await store.write(remove, during=gate_for(store).writing(path))
 
 
@@ -226,11 +235,8 @@ async def _provider_row(name: str) -> dict:
 
 @bp.get("/plugin_providers")
 async def list_providers():
-    rows = await _store().read(lambda c: c.execute(
-        "SELECT path, size, sha256, mode FROM blobs WHERE path LIKE 'plugins/%' "
-        "ORDER BY path").fetchall())
-    return json_response([_provider(p.split("/", 1)[1], {"size": s, "sha256": h, "mode": m})
-                          for p, s, h, m in rows])
+    rows = await _store().blobs("plugins/")
+    return json_response([_provider(r["path"].split("/", 1)[1], r) for r in rows])
 
 
 @bp.route("/plugin_providers/<name>", methods=["GET", "HEAD"])
@@ -269,7 +275,6 @@ def _log_path(uuid: str) -> str:
 @bp.put("/jobs/<uuid>/log")
 async def append_log(uuid: str):
     path = _log_path(uuid)
-    target = storage.disk_path(_base(), path)
     limit = current_app.node.cfg.max_log_append
     length = request.headers.get("Content-Length", "").strip()
     if length.isdigit() and int(length) > limit:  # refused before it waits for a turn
@@ -283,22 +288,24 @@ async def append_log(uuid: str):
                        "raises it); try again", model="jobs",
                        key=uuid, headers={"Retry-After": "1"})
     try:
-        return await _append_log(uuid, path, target, limit)
+        return await _append_log(uuid, path, limit)
     finally:
         appends.release()
 
 
-async def _append_log(uuid: str, path: str, target, limit: int):
+async def _append_log(uuid: str, path: str, limit: int):
     data = await limits.read_capped_body(limit, "--max-log-append", "the job-log append",
                                          model="jobs", key=uuid)
+
+    files = _files()
 
     def append(tx):
         if tx.get("jobs", uuid) is None:
             raise _not_found("jobs", uuid)
-        row = tx.query("SELECT size FROM blobs WHERE path=?", (path,))
-        offset = row[0][0] if row else 0
+        row = tx.blob(path)
+        offset = row["size"] if row else 0
         if data:
-            storage.append_at(target, offset, data)
+            files.append(path, offset, data)
             for i in range(0, len(data), LOG_PIECE):
                 piece = data[i:i + LOG_PIECE]
                 tx.record("joblog", path, "append", {"offset": offset + i,

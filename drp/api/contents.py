@@ -13,9 +13,9 @@ from quart import Blueprint, current_app, request
 
 from drp import models
 from drp.api import bundleyaml, jsonbody, limits
+from drp.api.errors import ApiError
 from drp.api.respond import json_response
 from drp.claims import contains
-from drp.errors import ApiError
 
 bp = Blueprint("contents", __name__, url_prefix="/api/v3")
 
@@ -109,7 +109,7 @@ def build(doc: dict, url_name: str | None = None) -> tuple[str, dict, list]:
             try:
                 stored = models.normalize(kind, {**obj, kind.key: obj.get(kind.key, key)},
                                           key=key, readonly=True, bundle=name)
-            except ApiError as e:
+            except models.ObjectError as e:
                 problems += [f"{kind_name}/{key}: {m}" for m in e.messages]
                 continue
             objects.append([kind_name, key, stored])
@@ -192,15 +192,7 @@ async def create_contents():
 
 @bp.route("/contents/<name>", methods=["GET", "HEAD"])
 async def show_contents(name: str):
-    def load(conn):
-        row = conn.execute("SELECT body FROM objects WHERE kind='contents' AND key=?",
-                           (name,)).fetchone()
-        if row is None:
-            return None
-        rows = conn.execute("SELECT kind, key, body FROM objects WHERE bundle=? AND "
-                            "kind != 'contents' ORDER BY kind, key", (name,)).fetchall()
-        return json.loads(row[0]), rows
-    found = await _store().read(load)
+    found = await _store().content_bundle(name)
     if found is None:
         raise ApiError(404, f"content bundle {name} not found", model="contents", key=name,
                        type_="NotFound")

@@ -14,14 +14,14 @@ import logging
 import trio
 from quart import Blueprint, Response, current_app, request, websocket
 
+from drp.api.errors import ApiError
 from drp.api.respond import websocket_scope
 from drp.claims import is_superuser
 from drp.api.system import stats
 from drp.blob import storage
 from drp.blob.send import Opened, blob_response, open_blob
-from drp.errors import ApiError
 from drp.ha import protocol as p
-from drp.ha.supervisor import VipHold
+from drp.ha.roles import VipHold
 from drp.node import info
 
 bp = Blueprint("ha", __name__, url_prefix="/api/v3")
@@ -48,10 +48,11 @@ async def replicate():
         log.warning("refusing replication from %s: %s", address, reason)
         await websocket.send(p.encode(p.Refuse(reason, "token")))
         return
-    hub = node.hub
+    hub = node.ha.replication_hub() if node.ha is not None else None
     if hub is None:
+        active_id = node.status().active_id
         reason = (f"this node ({node.drp_id}) is not the active"
-                  + (f"; the active is {node.ha_active_id}" if node.ha_active_id else "")
+                  + (f"; the active is {active_id}" if active_id else "")
                   + ": point --ha-join (RS_HA_JOIN) at the active or the VIP")
         await websocket.send(p.encode(p.Refuse(reason, "not_active")))
         return
@@ -64,7 +65,8 @@ async def replicate():
 
 @bp.route("/ha/snapshot/<snap_id>", methods=["GET", "HEAD"])
 async def snapshot(snap_id: str):
-    hub = current_app.node.hub  # superuser only: checked before (drp.api.rbac)
+    ha = current_app.node.ha  # superuser only: checked before (drp.api.rbac)
+    hub = ha.replication_hub() if ha is not None else None
     path = hub.snapshots.get(snap_id) if hub else None
     if path is None:
         raise ApiError(404, f"no snapshot {snap_id} (it is deleted once installed)",
@@ -93,18 +95,19 @@ async def blob(path: str):
 
 async def _switch(role: str):
     node = current_app.node
-    if node.switch_role is None:
+    if node.ha is None:
         raise ApiError(409, "HA is not enabled on this node (--ha-enabled)", model="system",
                        key=role)
     done = trio.Event()
     local = (request.scope.get("server") or ("", 0))[0]
     hold = VipHold(done) if role == "passive" and local == str(node.cfg.ha_address.ip) \
         else None
-    await node.switch_role(role, done, hold)
+    await node.ha.request_switch(role, done, hold)
     with trio.move_on_after(SWITCH_TIMEOUT):
         await done.wait()
-    if done.is_set() and node.ha_role != role and node.ha_reason:
-        raise ApiError(409, node.ha_reason, model="system", key=role)
+    status = node.status()
+    if done.is_set() and status.role != role and status.reason:
+        raise ApiError(409, status.reason, model="system", key=role)
     body = json.dumps(info(node, await stats())).encode()
     if hold is None or not hold.used:
         return Response(body, content_type="application/json")

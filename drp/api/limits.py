@@ -10,8 +10,8 @@ import jsonpatch
 import jsonpointer
 from quart import request
 
+from drp.api.errors import ApiError
 from drp.api.streaming import chunks_of
-from drp.errors import ApiError
 
 READ_PIECE = 64 << 10  # a body is taken from the connection as it comes, in pieces this big
 

@@ -12,11 +12,12 @@ from quart import Blueprint, Response, current_app, request
 from drp import auth, models
 from drp.api import jsonbody, limits
 from drp.api import rbac
+from drp.api.errors import ApiError
 from drp.api.respond import json_response
 from drp.blob import storage
+from drp.blob.files import BlobFiles
 from drp.blob.gate import gate_for
 from drp.claims import allowed
-from drp.errors import ApiError
 
 bp = Blueprint("objects", __name__, url_prefix="/api/v3")
 
@@ -78,12 +79,10 @@ def _check_unique_name(tx, kind: models.Kind, key: str, obj: dict) -> None:
     field = models.UNIQUE_FIELDS.get(kind.name)
     if field is None:
         return
-    # objects.name holds the unique field (store/schema.py): an index lookup, not a scan
-    clash = tx.query("SELECT key FROM objects WHERE kind=? AND name=? AND key != ? LIMIT 1",
-                     (kind.name, obj[field], key))
-    if clash:
+    clash = tx.name_taken(kind.name, obj[field], key)
+    if clash is not None:
         raise ApiError(409, f"{kind.model} {field.lower()} {obj[field]} is already used by "
-                       f"{clash[0][0]}", model=kind.name, key=key)
+                       f"{clash}", model=kind.name, key=key)
 
 
 @bp.route("/<kind>", methods=["GET", "HEAD"])
@@ -240,8 +239,8 @@ class _Changed(Exception):
 def _delete_job_log(tx, base_root, uuid: str) -> None:
     """A job's log goes with the job (file first, then its row, like any blob delete)."""
     path = storage.blob_path("job-logs", uuid)
-    if tx.query("SELECT 1 FROM blobs WHERE path=?", (path,)):
-        storage.remove(storage.disk_path(base_root, path))
+    if tx.blob(path) is not None:
+        BlobFiles(base_root).remove(path)
         tx.record("blob", path, "delete")
 
 

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import time
 
-from drp.errors import ApiError
+from drp.api.errors import ApiError
 
 log = logging.getLogger("drp.api")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from drp.api.errors import ApiError
 from drp.claims import BUILTIN_ROLES, Claim, allowed, contains, is_superuser
-from drp.errors import ApiError
 
 
 def forbidden(scope: str, action: str, specific: str = "", why: str = "") -> ApiError:

@@ -14,14 +14,16 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import trio
+from hypercorn.trio.tcp_server import TCPServer
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import EventWrapper, TrioBody, TrioRequest
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from drp.errors import ApiError
+from drp.api.errors import ApiError
 
 LIMIT = 4 << 20
 BODY_TIMEOUT = "DRP_BODY_TIMEOUT"  # app.config: seconds a body may send nothing (None: no limit)
@@ -217,9 +219,6 @@ def harden_hypercorn() -> None:
     global _patched
     if _patched:
         return
-    import logging
-
-    from hypercorn.trio.tcp_server import TCPServer
     original = TCPServer.run
     log = logging.getLogger("drp.http")
 

@@ -7,21 +7,19 @@ from quart import Blueprint, current_app, request, websocket
 
 from drp import auth, node as nodemod
 from drp.api import events as eventstream
-from drp.api.respond import json_response, websocket_scope
+from drp.api.errors import ApiError
 from drp.api.objects import json_body
+from drp.api.respond import json_response, websocket_scope
 from drp.config import parse_duration
-from drp.errors import ApiError
 
 bp = Blueprint("system", __name__, url_prefix="/api/v3")
 log = logging.getLogger("drp.api")
 
 
 async def stats() -> dict:
-    def count(conn):
-        rows = conn.execute("SELECT kind, COUNT(*) FROM objects GROUP BY kind").fetchall()
-        return {f"{k}.count": n for k, n in rows if k not in ("secrets",)}
-    counts = await current_app.node.store.read(count)
-    return {"machines.count": 0, "subnets.count": 0, **counts}
+    counts = await current_app.node.store.kind_counts()
+    return {"machines.count": 0, "subnets.count": 0,
+            **{f"{k}.count": n for k, n in counts.items() if k not in ("secrets",)}}
 
 
 @bp.get("/info")

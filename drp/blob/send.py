@@ -17,8 +17,8 @@ from werkzeug.http import parse_etags, parse_if_range_header, parse_range_header
 
 from drp.blob import storage
 from drp.blob.gate import gate_for
-from drp.errors import ApiError
-from drp.store.store import blob_row
+from drp.errors import error_body
+from drp.store import queries
 
 
 # Files up to this size are read whole in the worker-thread hop that checks the path, reads the
@@ -76,7 +76,7 @@ def _open_sync(conn, locate: Callable[[], Path], path: str | None) -> Opened:
     """In a worker thread: the checked disk path, the blobs row of `path` (if any), the file,
     and a small file's bytes."""
     target = locate()
-    row = blob_row(conn, path) if path else None
+    row = queries.blob(conn, path) if path else None
     try:
         fd, size = storage.open_regular(target)
     except (NotADirectoryError, PermissionError) as e:  # not a file this server can serve
@@ -135,8 +135,8 @@ def plan_reply(method: str, headers, opened: Opened, *, model: str = "", key: st
             headers, etag):
         span = rng.range_for_length(size)
         if span is None:
-            body = ApiError(416, f"range {headers.get('Range')} is outside 0-{size}",
-                            model=model, key=key).body()
+            body = error_body(416, f"range {headers.get('Range')} is outside 0-{size}",
+                              model=model, key=key)
             return Reply(416, {**out, "Content-Range": f"bytes */{size}",
                                "Content-Type": "application/json"},
                          error=json.dumps(body).encode())

@@ -26,7 +26,7 @@ from werkzeug.datastructures import Headers
 
 from drp.blob import storage
 from drp.blob.send import Opened, plan_reply, open_blob
-from drp.errors import ApiError
+from drp.errors import error_body
 from drp.serving import bind_spec
 
 log = logging.getLogger("drp.static")
@@ -191,7 +191,7 @@ class StaticServer:
 
     async def _send_error(self, stream, conn, head: bool, code: int, message: str,
                           extra: dict | None = None, close: bool = False, key: str = "") -> None:
-        body = json.dumps(ApiError(code, message, model="files", key=key).body()).encode()
+        body = json.dumps(error_body(code, message, model="files", key=key)).encode()
         headers = {"Content-Type": "application/json", **(extra or {})}
         if close:  # after a protocol or internal error: end the connection
             headers["Connection"] = "close"

@@ -8,7 +8,7 @@ Blob paths are relative to the base root and name their area first:
     plugins/<name>   -> <base-root>/plugins/<name>        (mode 0755)
     job-logs/<uuid>  -> <base-root>/job-logs/<uuid>
 Writes go to a temp file in the target directory (hashing as they go), are fsynced, and are
-renamed into place by `install` — which the caller runs inside the store's writer, so the order
+renamed into place by `place` (through drp.blob.files.BlobFiles) — which the caller runs inside the store's writer, so the order
 of renames is the order of the change log. A crash or a cut-off transfer leaves at most a temp
 file, which `sweep_temps` removes at start-up.
 """
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import AsyncIterable, AsyncIterator
 
 import trio
+
+from drp.durable import fsync_dir
 
 log = logging.getLogger("drp.blob")
 
@@ -167,14 +169,6 @@ def prepare_target(base_root: Path | str, path: str) -> Path:
     return target
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def is_temp(name: str) -> bool:
     return TEMP_MARK in name
 
@@ -246,15 +240,19 @@ async def stage(target: Path, chunks: AsyncIterable[bytes], *,
     return Staged(tmp, size, hasher.hexdigest())
 
 
-def install(staged: Staged, target: Path, mode: int = 0o644) -> None:
-    """Rename staged bytes into place and fsync the directory. Synchronous: call it inside the
-    store's writer, just before recording the change."""
-    os.chmod(staged.path, mode)
+# place, remove and append_at change files in place: drp.blob.files.BlobFiles (the one owner
+# of blob bytes under a base root) and the HA fetcher call them; nothing else should.
+def place(src: Path, target: Path, mode: int = 0o644, *, sync: bool = True) -> None:
+    """Rename src (made durable beside target) into place and fsync the directory (sync=False:
+    the caller does, e.g. outside a lock). Synchronous: call it inside the store's writer,
+    just before recording the change."""
+    os.chmod(src, mode)
     try:
-        os.replace(staged.path, target)
+        os.replace(src, target)
     except IsADirectoryError:
         raise PathError(409, f"{target.name} is a directory") from None
-    fsync_dir(target.parent)
+    if sync:
+        fsync_dir(target.parent)
 
 
 def discard(staged: Staged | Path | None) -> None:

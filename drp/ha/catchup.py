@@ -9,27 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import time
 from pathlib import Path
 
 import trio
 
 from drp.blob import storage
+from drp.blob.files import BlobFiles
 from drp.ha.transfer import Gone
+from drp.store import snapshot
 
 log = logging.getLogger("drp.ha.passive")
 PARALLEL_FETCHES = 4
-
-
-def _read_manifest(snap: Path) -> tuple[list[tuple[str, int, str, int]], int]:
-    conn = sqlite3.connect(f"file:{snap}?mode=ro", uri=True)
-    try:
-        blobs = conn.execute("SELECT path, size, sha256, mode FROM blobs").fetchall()
-        objects = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
-        return blobs, objects
-    finally:
-        conn.close()
 
 
 def _stamp(path: Path) -> str | None:
@@ -94,11 +85,10 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     await fetcher.fetch(f"/api/v3/ha/snapshot/{snap.snapshot_id}", snap_path, snap.sha256,
                         progress=progress)
     snap_s = time.monotonic() - began
-    manifest, objects = await trio.to_thread.run_sync(_read_manifest, snap_path)
+    manifest, objects = await trio.to_thread.run_sync(snapshot.manifest, snap_path)
     progress.objects_total = objects
     local = LocalBlobs(node)
-    rows = {r[0]: (r[1], r[2]) for r in await store.read(
-        lambda c: c.execute("SELECT path, size, sha256 FROM blobs").fetchall())}
+    rows = {r["path"]: (r["size"], r["sha256"]) for r in await store.blobs()}
 
     def plan():
         need = []
@@ -138,8 +128,9 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
             nursery.start_soon(fetch_one, *item)
     listed = {m[0] for m in manifest}
     extra = sorted((await trio.to_thread.run_sync(local.on_disk)) - listed)
+    files = BlobFiles(base)
     for path in extra:
-        await trio.to_thread.run_sync(storage.remove, storage.disk_path(base, path))
+        await trio.to_thread.run_sync(files.remove, path)
     if extra:
         log.info("catch-up: removed %d files the active does not have", len(extra))
     files_s = time.monotonic() - files_began
@@ -161,17 +152,18 @@ async def remove_orphans(node) -> None:
     file's rename and its transaction's commit, e.g. an upload while this node was active);
     the active's log never mentions them, so streaming alone would keep them forever."""
     store, base = node.store, node.cfg.base_root
-    rows = dict(await store.read(lambda c: c.execute("SELECT path, size FROM blobs").fetchall()))
+    rows = {r["path"]: r["size"] for r in await store.blobs()}
+    files = BlobFiles(base)
 
     def run() -> tuple[int, int]:
         removed = truncated = 0
         for path in LocalBlobs(node).on_disk():
-            target = storage.disk_path(base, path)
             if path not in rows:
-                storage.remove(target)
+                files.remove(path)
                 removed += 1
-            elif path.startswith("job-logs/") and target.stat().st_size > rows[path]:
-                os.truncate(target, rows[path])
+            elif path.startswith("job-logs/") and \
+                    files.target(path).stat().st_size > rows[path]:
+                files.cut(path, rows[path])
                 truncated += 1
         return removed, truncated
     removed, truncated = await trio.to_thread.run_sync(run)

@@ -18,10 +18,9 @@ from urllib.parse import urlparse
 import httpx
 import trio
 
-from drp.ha import vip
+from drp.ha.vip_control import VipControl, VipError
 
 log = logging.getLogger("drp.ha")
-ARP_PROBE_TIMEOUT = 0.05  # ARP answers on a LAN take well under a millisecond
 INFO_TIMEOUT = 1.0
 RELEASE_POLL = 0.05  # while a node hands over, how often to look whether it let the VIP go
 
@@ -40,44 +39,43 @@ async def _info_at(url: str, token: str, my_id: str) -> dict | None:
     return info
 
 
-async def _probe(iface: str, ip: str) -> str | None:
+async def _probe(link: VipControl) -> str | None:
     try:
-        return await vip.arp_probe(iface, ip, timeout=ARP_PROBE_TIMEOUT)
-    except vip.VipError as e:
+        return await link.holder()
+    except VipError as e:
         log.warning("split-brain guard: ARP probe failed: %s", e)
         return None
 
 
-async def _wait_release(iface: str, ip: str, holder: str, other_id: str,
+async def _wait_release(link: VipControl, holder: str, other_id: str,
                         timeout: float) -> str | None:
     """Wait (bounded) for a node that is handing over to drop the VIP. Returns the MAC still
     answering for it at the end, or None once it is gone."""
+    ip = link.ip
     log.info("VIP %s is still held by %s (%s), which is handing over; waiting up to %.0fs for "
              "it to let go", ip, other_id, holder, timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         await trio.sleep(RELEASE_POLL)
-        holder = await _probe(iface, ip)
+        holder = await _probe(link)
         if holder is None:
             log.info("VIP %s released by %s", ip, other_id)
             return None
     return holder
 
 
-async def other_active(node) -> str | None:
+async def other_active(node, link: VipControl) -> str | None:
     """Why this node must not become active now, or None when it may."""
     cfg = node.cfg
     vip_ip = str(cfg.ha_address.ip)
     join = cfg.join_url
     join_is_vip = urlparse(join).hostname == vip_ip
     vip_url = f"https://{vip_ip}:{cfg.api_port}/"
-    holder = None
-    if cfg.ha_interface != "lo":
-        holder = await _probe(cfg.ha_interface, vip_ip)
+    holder = await _probe(link)  # (nobody answers on loopback)
     if holder:
         info = await _info_at(vip_url, cfg.ha_token, node.drp_id)
         if info and not info.get("ha_is_active"):
-            holder = await _wait_release(cfg.ha_interface, vip_ip, holder, info["id"],
+            holder = await _wait_release(link, holder, info["id"],
                                          cfg.ha_handover_timeout + 2)
             if holder:
                 info = await _info_at(vip_url, cfg.ha_token, node.drp_id)

@@ -2,7 +2,7 @@
 
 One JSON object per websocket text frame, {"type": ..., ...}; decode() validates every field and
 raises ProtocolError (one line) on anything malformed. Bulk bytes (the snapshot file, blobs)
-travel over HTTP(S) with Range, never here.
+travel over HTTP(S) with Range, never here. The entries themselves are in drp/store/wire.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
+
+from drp.store.wire import WireError, check_entry
 
 PROTOCOL_VERSION = 1
 CONNECTING, SYNCING, IN_SYNC = "Connecting", "Syncing", "In-Sync"  # shown in /api/v3/info
@@ -161,28 +163,13 @@ def parse_history(v: Any, name: str = "history") -> History:
     return tuple(out)
 
 
-def check_entry(e: Any) -> dict:
-    """Validate one change-log entry as sent; returns it unchanged."""
-    if not isinstance(e, dict):
-        raise ProtocolError(f"entry: expected an object, got {_show(e)}")
-    for k in ("seq", "epoch", "time", "kind", "key", "action", "body"):
-        if k not in e:
-            raise ProtocolError(f"entry {_show(e.get('seq'))}: missing {k!r}")
-    if _int("entry seq", e["seq"]) < 1:
-        raise ProtocolError("entry seq: must be >= 1")
-    _int("entry epoch", e["epoch"])
-    _float("entry time", e["time"])
-    for k in ("kind", "key", "action"):
-        _str(f"entry {k}", e[k])
-    if "data" in e and e["data"] is not None:
-        _str("entry data", e["data"])  # base64 of a job-log append
-    return e
-
-
 def _entries(name: str, v: Any) -> list[dict]:
     if not isinstance(v, list) or not v:
         raise ProtocolError(f"{name}: expected a non-empty list of entries")
-    items = [check_entry(e) for e in v]
+    try:
+        items = [check_entry(e) for e in v]
+    except WireError as e:
+        raise ProtocolError(str(e)) from None
     for prev, cur in zip(items, items[1:]):
         if cur["seq"] != prev["seq"] + 1:
             raise ProtocolError(f"{name}: seq {cur['seq']} follows {prev['seq']}")
@@ -243,13 +230,6 @@ def decode(text: str | bytes) -> Message:
     msg = cls(**kwargs)
     _check_message(msg)
     return msg
-
-
-def encode_entries(items: list[str], head: int) -> str:
-    """An Entries frame from entries already in wire form (JSON text each, as the store keeps
-    them): what encode(Entries([json.loads(i) for i in items], head)) makes, without decoding
-    and re-encoding every object."""
-    return f'{{"type":"entries","items":[{",".join(items)}],"head":{int(head)}}}'
 
 
 def encode(msg: Message) -> str:

@@ -1,8 +1,9 @@
 """Sans-IO replication protocol between the active node and its passives.
 
-No sockets, no trio, no clock: the drivers (drp/ha/follower.py, drp/ha/sender.py) decode a websocket text frame, feeds
-the message in here, and gets back decisions and messages to send — the shape of h11/wsproto, so a
-replication bug can be replayed in a unit test. Times are passed in by the caller.
+No sockets, no trio, no clock: the handshake checks, how a passive catches up (plan_sync), and
+the active's ledger of its passives (ActiveTracker, which says which writes may return). The
+per-connection state machines built on these are drp/ha/active_session.py and
+drp/ha/passive_session.py; times are passed in by the caller.
 
 The messages themselves and their validation live in drp/ha/messages.py (re-exported here).
 """
@@ -36,10 +37,8 @@ from drp.ha.messages import (  # noqa: F401  (re-exported: drivers use protocol.
     Handover,
     Message,
     parse_history,
-    check_entry,
     decode,
     encode,
-    encode_entries,
 )
 
 # --- handshake --------------------------------------------------------------------------------
@@ -127,153 +126,6 @@ def is_promote_marker(entry: dict) -> bool:
     body = entry.get("body")
     return (entry.get("kind") == "ha" and entry.get("action") == "promote"
             and isinstance(body, dict) and body.get("epoch") == entry.get("epoch"))
-
-
-# --- passive side -----------------------------------------------------------------------------
-
-class PassiveFollower:
-    """The passive's view of its replication connection: Connecting → Syncing → In-Sync.
-
-    Per connection: start(hello) → on_welcome → [on_snapshot → snapshot_installed] →
-    (on_entries → applied)*, with on_heartbeat any time after the welcome. After a call,
-    `just_reached_realtime` is True iff that call made lag reach 0 for the first time on this
-    connection (log "Stream switch to realtime streaming").
-    """
-
-    def __init__(self) -> None:
-        self.start(Hello("", "", "", "", "", 0, 0, ()))
-        self._started = False  # nothing may arrive before start()
-
-    def start(self, hello: Hello) -> Hello:
-        """A new connection: the position comes from the store, as stated in the hello."""
-        self.state, self._started, self.just_reached_realtime = CONNECTING, True, False
-        self.epoch = self._recv_epoch = hello.epoch
-        self.applied_seq = self.received_seq = self.head = hello.seq
-        self.mode: str | None = None
-        self.final_head: int | None = None  # set when the active announces its handover
-        self.divergent = 0
-        self.active_drp_id: str | None = None
-        self.active_history: History = ()
-        self._awaiting_snapshot, self._snapshot = False, None
-        self._pending: deque = deque()  # received, not yet applied: (seq, time, epoch)
-        self._active_time: float | None = None  # latest time seen on the active's clock
-        return hello
-
-    def disconnected(self) -> None:
-        self.state, self._started, self.just_reached_realtime = CONNECTING, False, False
-
-    def on_welcome(self, w: Welcome) -> None:
-        self.just_reached_realtime = False
-        if not self._started or self.state != CONNECTING:
-            raise ProtocolError(f"unexpected welcome in state {self.state}")
-        if w.mode == STREAM and self.applied_seq > w.head:
-            raise ProtocolError(f"welcome: stream mode, but this node is at seq "
-                                f"{self.applied_seq}, past the active's head {w.head}")
-        self.state, self.mode, self.divergent = SYNCING, w.mode, w.divergent
-        self.active_drp_id, self.active_history = w.drp_id, _hist(w.history)
-        self.head = w.head  # the active's, even below a divergent local head
-        self._awaiting_snapshot = w.mode == FULL
-        self._check_realtime()
-
-    def on_snapshot(self, s: Snapshot) -> Snapshot:
-        """Returns the snapshot to fetch, verify and install; then call snapshot_installed."""
-        self.just_reached_realtime = False
-        if not self._awaiting_snapshot or self._snapshot is not None:
-            raise ProtocolError(f"unexpected snapshot in state {self.state}")
-        self._snapshot = s
-        self.head = max(self.head, s.seq)
-        return s
-
-    def snapshot_installed(self, seq: int) -> SnapshotDone:
-        self.just_reached_realtime = False
-        if self._snapshot is None or seq != self._snapshot.seq:
-            raise ValueError(f"no snapshot at seq {seq} was announced")
-        self.applied_seq = self.received_seq = seq
-        self.epoch = self._recv_epoch = epoch_at(self.active_history, seq)
-        self._awaiting_snapshot, self._snapshot = False, None
-        self._pending.clear()
-        self._check_realtime()
-        return SnapshotDone(seq)
-
-    def on_entries(self, e: Entries) -> list[dict]:
-        """Checks the batch continues the stream; returns the entries to apply, in order."""
-        self.just_reached_realtime = False
-        if self.state == CONNECTING or self._awaiting_snapshot:
-            raise ProtocolError(f"unexpected entries in state {self.state}"
-                                + (" (awaiting snapshot)" if self._awaiting_snapshot else ""))
-        expected, epoch = self.received_seq + 1, self._recv_epoch
-        for item in e.items:  # check the whole batch before taking any of it
-            seq = item["seq"]
-            if seq != expected:
-                raise ProtocolError(f"entries: expected seq {expected}, got {seq}")
-            marker = is_promote_marker(item)
-            if marker and item["epoch"] <= epoch:
-                raise ProtocolError(f"entries: seq {seq} promotes to epoch {item['epoch']} "
-                                    f"from epoch {epoch}")
-            if item["epoch"] != epoch and not marker:
-                raise ProtocolError(f"entries: seq {seq} moves from epoch {epoch} to "
-                                    f"{item['epoch']} without a promote marker")
-            epoch, expected = item["epoch"], expected + 1
-        self._pending.extend((i["seq"], float(i["time"]), i["epoch"]) for i in e.items)
-        self.received_seq, self._recv_epoch = expected - 1, epoch
-        self.head = max(self.head, e.head, self.received_seq)
-        self._active_time = max(self._active_time or 0.0, float(e.items[-1]["time"]))
-        return list(e.items)
-
-    def applied(self, seq: int) -> Ack:
-        """The driver durably applied everything up to seq; returns the ack to send."""
-        self.just_reached_realtime = False
-        if not self.applied_seq <= seq <= self.received_seq:
-            raise ValueError(f"applied({seq}) outside {self.applied_seq}..{self.received_seq}")
-        while self._pending and self._pending[0][0] <= seq:
-            self.epoch = self._pending.popleft()[2]
-        self.applied_seq = seq
-        self._check_realtime()
-        return Ack(seq)
-
-    def on_heartbeat(self, h: Heartbeat) -> None:
-        self.just_reached_realtime = False
-        if self.state == CONNECTING:
-            raise ProtocolError("unexpected heartbeat before welcome")
-        self.head = max(self.head, h.head)
-        self._active_time = max(self._active_time or 0.0, h.time)
-        self._check_realtime()
-
-    def on_handover(self, h: Handover) -> None:
-        """The active stopped taking writes at h.head (a planned switch is under way)."""
-        self.just_reached_realtime = False
-        if self.state == CONNECTING:
-            raise ProtocolError("unexpected handover before welcome")
-        self.final_head = h.head
-        self.head = max(self.head, h.head)
-        self._check_realtime()
-
-    @property
-    def has_final(self) -> bool:
-        """Applied everything the handing-over active will ever send."""
-        return self.final_head is not None and self.applied_seq >= self.final_head
-
-    def _check_realtime(self) -> None:
-        # In-Sync is entered once per connection, so the flag fires once per connection
-        if self.state == SYNCING and not self._awaiting_snapshot and self.applied_seq >= self.head:
-            self.state, self.just_reached_realtime = IN_SYNC, True
-
-    @property
-    def lag_entries(self) -> int:
-        return max(0, self.head - self.applied_seq)
-
-    @property
-    def lag_seconds(self) -> float | None:
-        """Age of the oldest unapplied entry on the active's clock (no cross-host skew)."""
-        if self.lag_entries == 0:
-            return 0.0
-        if not self._pending or self._active_time is None:
-            return None  # not received yet: unknown
-        return max(0.0, self._active_time - self._pending[0][1])
-
-    def status(self) -> dict:
-        return {"state": self.state, "epoch": self.epoch, "seq": self.applied_seq,
-                "head": self.head, "lag": self.lag_entries, "lag_seconds": self.lag_seconds}
 
 
 # --- active side ------------------------------------------------------------------------------

@@ -1,178 +1,232 @@
-"""The two role subtrees the supervisor runs: ACTIVE and PASSIVE, plus the handover between.
+"""The two roles a node can hold, each one owned lifetime.
 
-Becoming active: stop following (the passive subtree was cancelled, its last batch applied),
-bump the epoch, take the VIP, announce it with gratuitous ARP, accept writes, serve replication.
-Becoming passive: refuse writes, let the passives ack the last entry, drop the VIP, end the
-replication sessions, follow whoever takes the VIP next.
+A role is started with `nursery.start(role.run)` and owns everything that differs between
+roles; entering sets its state, leaving resets it in `finally`, shielded and bounded, whether
+it leaves on request (`await role.leave()`) or is cancelled (a stop, a crash of a task).
 
-Both runners take `began` (time.monotonic() when the switch was asked for) and report
-`task_status.started(True)` once the role is in place; run_active reports False when it could
-not take the VIP (the supervisor then stays passive).
+ActiveRole: epoch bump, the VIP and its gratuitous ARP, the store's write gate open with the
+  replication hub as its sync hook, the hub serving passives. Leaving on request is the
+  graceful handover: no new writes, the passives ack the last entry and are told it is the
+  last, the sessions end, then the VIP goes (in that order: what we send after the VIP is
+  removed is black-holed). Failing to take the VIP raises RoleFailed from `nursery.start`.
+PassiveRole: the write gate closed, the follower. Leaving on request (a planned switch to
+  active) first drains what a handing-over active still sends.
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, replace
+from typing import Awaitable, Callable
 
 import trio
 
-from drp import node as nodemod
-from drp.ha import vip
-from drp.ha.follower import Follower
+from drp import __version__
+from drp.ha.active_session import Local
+from drp.ha.follower import Connect, Follower
 from drp.ha.sender import Hub
+from drp.ha.vip_control import VipControl, VipError
 from drp.metrics import EPOCH, ROLE
+from drp.node import bootstrap, RoleStatus
+from drp.platform_id import goarch, goos
 
 log = logging.getLogger("drp.ha")
-CLEANUP_BUDGET = 3.0  # seconds shielded cleanup may take when a role is cancelled
+CLEANUP_BUDGET = 3.0  # seconds shielded cleanup may take when a role ends
 HOLD_TIMEOUT = 1.0  # how long the VIP waits for the answer to a switch asked through it
 
 
-def _vip_args(cfg) -> tuple[str, str, str | None]:
-    script = str(cfg.ha_interface_script) if cfg.ha_interface_script else None
-    return cfg.ha_interface, str(cfg.ha_address), script
+@dataclass
+class Seams:
+    """What the roles reach the world through; tests give in-memory ones."""
+    vip: VipControl
+    connect: Connect  # the passive's dial to the active
+    fetcher: Callable[[], object]  # a new drp.ha.transfer.Fetcher (or a test's) per role
+    guard: Callable[[], Awaitable[str | None]]  # why not to become active now, or None
+    clock: Callable[[], float] = time.monotonic
 
 
-def _ms(began: float) -> str:
-    return f"{(time.monotonic() - began) * 1000:.0f} ms after the switch began"
+class RoleFailed(Exception):
+    """A role could not be taken (the reason is one line, for the log and /api/v3/info)."""
+
+
+class VipHold:
+    """Lets an HTTP request that asked for a switch to passive *through the VIP* get its
+    answer out before the VIP goes (the answer would be black-holed after): the handover sets
+    `ready` just before removing the VIP, then waits (bounded) for `sent`."""
+
+    def __init__(self, ready: trio.Event):
+        self.ready, self.sent, self.used = ready, trio.Event(), False
+
+
+def _ms(began: float, now: float) -> str:
+    return f"{(now - began) * 1000:.0f} ms after the switch began"
+
+
+def passive_reason(node, active_id: str = "") -> str:
+    return (f"this node ({node.drp_id}) is passive: send writes to the active at "
+            f"{node.cfg.ha_address.ip}" + (f" ({active_id})" if active_id
+                                            and active_id != node.drp_id else ""))
 
 
 def _promote(drp_id: str):
     def promote(tx):
-        nodemod.bootstrap(tx, drp_id)  # a node that never held data starts its own
-        epoch = max(tx.epoch, *(r[0] for r in tx.query("SELECT MAX(epoch) FROM epochs")
-                                if r[0] is not None)) + 1
+        bootstrap(tx, drp_id)  # a node that never held data starts its own
+        epoch = max(tx.epoch, tx.max_epoch()) + 1
         tx.record("ha", drp_id, "promote", {"epoch": epoch, "drp_id": drp_id}, epoch=epoch)
         tx.epoch = epoch
         return epoch
     return promote
 
 
-async def run_active(node, began: float | None = None,
-                     task_status=trio.TASK_STATUS_IGNORED) -> None:
-    cfg, store = node.cfg, node.store
-    began = time.monotonic() if began is None else began
-    node.status_line("active: taking over")
-    log.info("active: stopped following at seq %d", store.head)
-    epoch = await store.write(_promote(node.drp_id), internal=True)
-    EPOCH.set(epoch)
-    log.info("active: epoch %d begins at seq %d (%s)", epoch, store.head, _ms(began))
-    iface, cidr, script = _vip_args(cfg)
-    try:
-        await vip.add_vip(iface, cidr, script=script)
-    except vip.VipError as e:
-        log.error("active: could not add VIP %s: %s; staying passive. Fix the cause and switch "
-                  "again (USR1 or `drpcli system active`)", cidr, e)
-        node.ha_reason = f"could not add VIP {cidr}: {e}"
-        await _drop_vip(node)  # a script may have done half of it
-        task_status.started(False)
-        return
-    log.info("active: VIP %s added to %s%s (%s)", cidr, iface,
-             " by the interface script" if script else "", _ms(began))
-    hub = Hub(node)
-    hub.vip_held = True
-    try:
-        async with trio.open_nursery() as nursery:
-            if iface != "lo":
-                nursery.start_soon(vip.garp_schedule, iface, str(cfg.ha_address.ip))
-                log.info("active: announcing %s from %s with gratuitous ARP (a burst of 5 now, "
-                         "another in 3 s)", cfg.ha_address.ip, vip.interface_mac(iface))
-            nursery.start_soon(hub.expire_loop)
-            node.hub = hub
-            store.commit_hooks.append(hub.wait_synced)
-            node.ha_role, node.ha_status, node.ha_active_id = "active", "Up", node.drp_id
-            node.passive_states = hub.tracker.snapshot
-            store.refuse_writes = None
-            ROLE.set(1)
-            node.status_line(f"active: serving on {cidr} (epoch {epoch})")
-            log.info("active: accepting writes (%s)", _ms(began))
-            task_status.started(True)
-            await trio.sleep_forever()
-    finally:
-        with trio.CancelScope(shield=True):
-            store.refuse_writes = _passive_reason(node)
-            if hub.vip_held:
-                await _drop_vip(node)  # also on SIGTERM: never leave the VIP behind
-            _close_hub(node, hub)
+class _Role:
+    def __init__(self, node, seams: Seams, began: float):
+        self.node, self.cfg, self.store, self.seams = node, node.cfg, node.store, seams
+        self.began = began
+        self._leave = trio.Event()
+        self._hold: VipHold | None = None
+        self._left = trio.Event()
+
+    async def leave(self, hold: VipHold | None = None) -> None:
+        """Leave this role gracefully; returns once it has ended."""
+        self._hold = hold
+        self._leave.set()
+        await self._left.wait()
 
 
-def _close_hub(node, hub) -> None:
-    if node.hub is hub:
-        node.hub = None
-    if hub.wait_synced in node.store.commit_hooks:
-        node.store.commit_hooks.remove(hub.wait_synced)
-    hub.close()  # ends every replication session; writes waiting on acks are released
-    node.passive_states = lambda: []
+class ActiveRole(_Role):
+    name = "active"
 
+    def __init__(self, node, seams: Seams, began: float):
+        super().__init__(node, seams, began)
+        self.hub: Hub | None = None  # while serving passives
+        self._status = RoleStatus("active", "Up", node.drp_id)
+        self.vip_held = False
 
-def _passive_reason(node) -> str:
-    return (f"this node ({node.drp_id}) is passive: send writes to the active at "
-            f"{node.cfg.ha_address.ip}" + (f" ({node.ha_active_id})" if node.ha_active_id
-                                            and node.ha_active_id != node.drp_id else ""))
+    def status(self) -> RoleStatus:
+        hub = self.hub
+        return replace(self._status, passives=tuple(hub.tracker.snapshot()) if hub else ())
 
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        node, store, vip = self.node, self.store, self.seams.vip
+        clock = self.seams.clock
+        try:
+            node.status_line("active: taking over")
+            log.info("active: stopped following at seq %d", store.head)
+            epoch = await store.write(_promote(node.drp_id), internal=True)
+            EPOCH.set(epoch)
+            log.info("active: epoch %d begins at seq %d (%s)", epoch, store.head,
+                     _ms(self.began, clock()))
+            await self._take_vip()
+            hub = self.hub = Hub(store, self._local(), self.cfg.base_root / "ha" / "snapshots",
+                                 self.cfg.ha_sync_timeout, clock)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(vip.announce)
+                if getattr(vip, "announces", False):
+                    log.info("active: announcing %s from %s with gratuitous ARP (a burst of 5 "
+                             "now, another in 3 s)", vip.ip, vip.mac())
+                nursery.start_soon(hub.expire_loop)
+                store.accept_writes(hub.wait_synced)
+                ROLE.set(1)
+                node.status_line(f"active: serving on {vip.cidr} (epoch {epoch})")
+                log.info("active: accepting writes (%s)", _ms(self.began, clock()))
+                task_status.started(self)
+                await self._leave.wait()
+                await self._handover()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                store.refuse_writes(passive_reason(node))
+                if self.vip_held:  # also on SIGTERM: never leave the VIP behind
+                    await self._drop_vip()
+                if self.hub is not None:
+                    self.hub.close()  # ends every session; writes waiting on acks are released
+                self._left.set()
 
-async def handover(node, hold=None) -> None:
-    """Leaving ACTIVE gracefully: no new writes, the passives ack the last entry and are told
-    it is the last (Handover), the replication sessions end, then the VIP goes (in this order:
-    whatever we send after the VIP is removed is black-holed). The passives reconnect to
-    whoever takes the VIP next."""
-    cfg, store, hub = node.cfg, node.store, node.hub
-    began = time.monotonic()
-    node.ha_role, node.ha_status = "passive", "Handover"  # /api/v3/info: no longer active
-    node.ha_active_id = ""
-    node.status_line("handover: refusing writes, waiting for passives")
-    store.refuse_writes = _passive_reason(node)
-    async with store._writer:  # writes already inside the writer finish first
-        pass
-    if hub is not None:
+    def _local(self) -> Local:
+        return Local(self.cfg.ha_id, self.node.drp_id, goos(), goarch(), __version__,
+                     self.cfg.static_port)
+
+    async def _take_vip(self) -> None:
+        vip = self.seams.vip
+        try:
+            await vip.add()
+        except VipError as e:
+            log.error("active: could not add VIP %s: %s; staying passive. Fix the cause and "
+                      "switch again (USR1 or `drpcli system active`)", vip.cidr, e)
+            self.vip_held = True  # a script may have done half of it: the cleanup removes it
+            raise RoleFailed(f"could not add VIP {vip.cidr}: {e}") from None
+        self.vip_held = True
+        log.info("active: VIP %s added to %s%s (%s)", vip.cidr, vip.interface,
+                 " by the interface script" if getattr(vip, "script", None) else "",
+                 _ms(self.began, self.seams.clock()))
+
+    async def _handover(self) -> None:
+        cfg, store, hub, clock = self.cfg, self.store, self.hub, self.seams.clock
+        began = clock()
+        self._status = RoleStatus("passive", "Handover")  # /api/v3/info: no longer active
+        self.node.status_line("handover: refusing writes, waiting for passives")
+        store.refuse_writes(passive_reason(self.node))
+        async with store.quiesced():  # writes already inside the writer finish first
+            pass
         hub.begin_handover()
-    log.info("handover: refusing new writes; waiting for In-Sync passives to ack seq %d",
-             store.head)
-    if hub is not None:
+        log.info("handover: refusing new writes; waiting for In-Sync passives to ack seq %d",
+                 store.head)
         if await hub.wait_all_acked(cfg.ha_handover_timeout):
             log.info("handover: every In-Sync passive acked seq %d (%.0f ms)", store.head,
-                     (time.monotonic() - began) * 1000)
+                     (clock() - began) * 1000)
         else:
             log.warning("handover: In-Sync passives did not ack seq %d within "
                         "--ha-handover-timeout %.1fs; switching anyway", store.head,
                         cfg.ha_handover_timeout)
-    if hub is not None:  # the Handover message and the close must reach the passives
-        await hub.end_sessions()
-    if hold is not None:  # the switch was asked for through the VIP: answer first
-        hold.used = True
-        hold.ready.set()
-        with trio.move_on_after(HOLD_TIMEOUT):
-            await hold.sent.wait()
-    if hub is not None:
-        _close_hub(node, hub)
-    await _drop_vip(node)
-    if hub is not None:
-        hub.vip_held = False
+        await hub.end_sessions()  # the Handover message and the close must reach them
+        hold = self._hold
+        if hold is not None:  # the switch was asked for through the VIP: answer first
+            hold.used = True
+            hold.ready.set()
+            with trio.move_on_after(HOLD_TIMEOUT):
+                await hold.sent.wait()
+        hub.close()
+        self.hub = None
+        await self._drop_vip()
+
+    async def _drop_vip(self) -> None:
+        vip = self.seams.vip
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_BUDGET) as budget:
+            try:
+                await vip.remove()
+                log.info("VIP %s removed from %s", vip.cidr, vip.interface)
+            except VipError as e:
+                log.error("could not remove VIP %s: %s", vip.cidr, e)
+        if budget.cancelled_caught:
+            log.error("removing VIP %s from %s took longer than %.0fs; check it is gone (`ip "
+                      "addr show %s`)", vip.cidr, vip.interface, CLEANUP_BUDGET, vip.interface)
+        self.vip_held = False
 
 
-async def _drop_vip(node) -> None:
-    iface, cidr, script = _vip_args(node.cfg)
-    with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_BUDGET) as budget:
+class PassiveRole(_Role):
+    name = "passive"
+
+    def __init__(self, node, seams: Seams, began: float):
+        super().__init__(node, seams, began)
+        self.follower = Follower(node, seams.connect, seams.fetcher(), seams.clock)
+
+    def status(self) -> RoleStatus:
+        f = self.follower
+        return RoleStatus("passive", f.ha_status, f.active_id, f.reason)
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        node = self.node
         try:
-            await vip.remove_vip(iface, cidr, script=script)
-            log.info("VIP %s removed from %s", cidr, iface)
-        except vip.VipError as e:
-            log.error("could not remove VIP %s: %s", cidr, e)
-    if budget.cancelled_caught:
-        log.error("removing VIP %s from %s took longer than %.0fs; check it is gone (`ip addr "
-                  "show %s`)", cidr, iface, CLEANUP_BUDGET, iface)
-
-
-async def run_passive(node, began: float | None = None,
-                      task_status=trio.TASK_STATUS_IGNORED) -> None:
-    node.store.refuse_writes = _passive_reason(node)
-    node.ha_role, node.ha_status = "passive", "Connecting"
-    ROLE.set(0)
-    node.status_line(f"passive: connecting to {node.cfg.join_url}")
-    log.info("passive: following the active at %s", node.cfg.join_url)
-    follower = Follower(node)
-    node.follower = follower
-    task_status.started(True)
-    try:
-        await follower.run()
-    finally:
-        node.follower = None
+            self.store.refuse_writes(passive_reason(node))
+            ROLE.set(0)
+            node.status_line(f"passive: connecting to {self.cfg.join_url}")
+            log.info("passive: following the active at %s", self.cfg.join_url)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.follower.run)
+                task_status.started(self)
+                await self._leave.wait()
+                # A planned switch: take what a handing-over active still sends.
+                await self.follower.drain(self.cfg.ha_handover_timeout)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._left.set()

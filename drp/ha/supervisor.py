@@ -1,28 +1,36 @@
-"""The HA role state machine: one role subtree at a time, switched by USR1/USR2 or the API.
+"""The HA supervisor: one role at a time, switched by USR1/USR2 or the API.
 
-Each role runs in its own nursery; a switch cancels it (after a graceful handover when leaving
-ACTIVE) and starts the other. Switch requests go through a queue and are carried out one at a
-time, in order: a second request arriving mid-switch waits its turn instead of interleaving.
-A request for the role the node already has is logged and ignored.
+    role = the persisted one (ha-state.json), else --ha-passive
+    loop:
+        start the role (nursery.start; taking ACTIVE may fail → PASSIVE)
+        wait for the next switch request (same role: ignored)
+        split-brain guard (to ACTIVE only; a refusal keeps the current role)
+        leave the current role (ACTIVE: graceful handover; PASSIVE: drain what is sent)
+        next role
 
-Becoming active is guarded against split brain (drp.ha.guard) while the passive subtree still
-follows, so a refused switch leaves the node following as before.
+Requests go through a queue and are carried out one at a time, in order: a second request
+arriving mid-switch waits its turn instead of interleaving.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
 
-from drp.blob.storage import fsync_dir
-from drp.ha import guard, roles, vip
+from drp.durable import write_atomic
+from drp.ha import guard, vip
+from drp.ha.follower import websocket_connect
+from drp.ha.roles import ActiveRole, PassiveRole, RoleFailed, Seams, VipHold
+from drp.ha.transfer import Fetcher
+from drp.ha.vip_control import LinkVip, VipError
+from drp.node import RoleStatus
 
 log = logging.getLogger("drp.ha")
 STATE_FILE = "ha-state.json"
+STARTING = RoleStatus("passive", "Connecting")  # until the first role is in place
 
 
 def read_state(base_root: Path) -> bool | None:
@@ -38,39 +46,46 @@ def read_state(base_root: Path) -> bool | None:
 
 
 def write_state(base_root: Path, passive: bool) -> None:
-    """Atomically persist the role (temp file, fsync, rename, fsync the directory)."""
-    path = base_root / STATE_FILE
-    tmp = path.with_name(f".{STATE_FILE}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"Passive": passive}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(base_root)
+    write_atomic(base_root / STATE_FILE, json.dumps({"Passive": passive}).encode())
 
 
-def _warm_up() -> None:
-    """Import pyroute2 and scapy now (~0.35 s together) rather than in the first switch."""
-    import pyroute2  # noqa: F401
-    vip._scapy()
+def real_seams(node) -> Seams:
+    """The VIP on --ha-interface, the websocket to --ha-join, HTTPS downloads, the guard."""
+    cfg = node.cfg
+    script = str(cfg.ha_interface_script) if cfg.ha_interface_script else None
+    link = LinkVip(cfg.ha_interface, str(cfg.ha_address), script)
+    return Seams(
+        vip=link,
+        connect=websocket_connect(cfg.join_url, cfg.ha_token),
+        fetcher=lambda: Fetcher(cfg.join_url, cfg.ha_token, cfg.base_root / "ha" / "partial"),
+        guard=lambda: guard.other_active(node, link))
 
 
-class VipHold:
-    """Lets an HTTP request that asked for a switch to passive *through the VIP* get its
-    answer out before the VIP goes (the answer would be black-holed after): the handover sets
-    `ready` just before removing the VIP, then waits (bounded) for `sent`."""
-
-    def __init__(self, ready: trio.Event):
-        self.ready, self.sent, self.used = ready, trio.Event(), False
+@dataclass(frozen=True)
+class Request:
+    role: str
+    began: float
+    done: trio.Event | None = None
+    hold: VipHold | None = None
 
 
 class Supervisor:
-    def __init__(self, node):
-        self.node = node
-        self.cfg = node.cfg
+    def __init__(self, node, seams: Seams | None = None):
+        self.node, self.cfg = node, node.cfg
+        self.seams = seams or real_seams(node)
         self._send, self._recv = trio.open_memory_channel(32)
-        self.role: str | None = None
+        self.role: ActiveRole | PassiveRole | None = None  # the current (or last) role
         self.switching: str | None = None  # the role a switch in progress is heading for
+        self.refusal = ""  # why the last switch did not happen (cleared by the next role)
+
+    # ---- what the node sees ---------------------------------------------------------------
+    def status(self) -> RoleStatus:
+        status = self.role.status() if self.role is not None else STARTING
+        return replace(status, reason=self.refusal) if self.refusal else status
+
+    def replication_hub(self):
+        role = self.role
+        return role.hub if isinstance(role, ActiveRole) else None
 
     async def request_switch(self, role: str, done: trio.Event | None = None,
                              hold: VipHold | None = None) -> None:
@@ -80,9 +95,82 @@ class Supervisor:
         if self.switching is not None:
             log.info("switch to %s queued: the switch to %s is still in progress", role,
                      self.switching)
-        await self._send.send((role, done, hold, time.monotonic()))
+        await self._send.send(Request(role, self.seams.clock(), done, hold))
 
-    def initial_role(self) -> str:
+    # ---- the loop -------------------------------------------------------------------------
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """(The node's `ha` is this supervisor from before the API serves: requests wait in
+        the queue until we are up.)"""
+        async with trio.open_nursery() as nursery:
+            if getattr(self.seams.vip, "announces", False):
+                nursery.start_soon(trio.to_thread.run_sync, _warm_up)
+            await self._remove_leftover_vip()
+            task_status.started()
+            request = Request(self._initial_role(), self.seams.clock())
+            if request.role == "active":
+                self.switching = "active"
+                if await self._refused(request.began):
+                    request = replace(request, role="passive")
+            while True:
+                request = await self._hold_role(request)
+
+    async def _hold_role(self, request: Request) -> Request:
+        """Take request.role, hold it until a switch away is asked for and allowed, leave
+        it; returns that switch request."""
+        async with trio.open_nursery() as slot:
+            role = await self._start(slot, request.role, request.began)
+            self.role, self.switching = role, None
+            if request.done is not None:
+                request.done.set()
+            nxt = await self._next_request(role.name)
+            await role.leave(nxt.hold)
+        self.refusal = ""
+        return nxt
+
+    async def _start(self, slot: trio.Nursery, name: str, began: float):
+        self.switching = name
+        await trio.to_thread.run_sync(write_state, self.cfg.base_root, name == "passive")
+        if name == "active":
+            try:
+                return await slot.start(ActiveRole(self.node, self.seams, began).run)
+            except RoleFailed as e:
+                self.refusal = str(e)
+                await trio.to_thread.run_sync(write_state, self.cfg.base_root, True)
+        return await slot.start(PassiveRole(self.node, self.seams, began).run)
+
+    async def _next_request(self, current: str) -> Request:
+        while True:
+            request: Request = await self._recv.receive()
+            if request.role == current:
+                log.info("already %s; ignoring the switch to %s", current, request.role)
+            elif request.role == "passive":
+                log.info("switching from active to passive")
+                self.switching = "passive"
+                return request
+            else:
+                log.info("switching from passive to active")
+                self.switching = "active"
+                if not await self._refused(request.began):
+                    return request
+                self.switching = None
+            if request.done is not None:
+                request.done.set()
+
+    async def _refused(self, began: float) -> bool:
+        """Run the split-brain guard; True (and logged, with what to do) when it says no."""
+        reason = await self.seams.guard()
+        if reason:
+            self.refusal = f"refused to become active: {reason}"
+            log.error("refusing to become active: %s. This node stays passive. If that node "
+                      "should stop being the active, switch it to passive first (`systemctl "
+                      "kill -s USR2 dr-provision` or `drpcli system passive` there) or stop "
+                      "it, then switch this node again (USR1 or `drpcli system active`)", reason)
+            return True
+        log.info("split-brain guard: no other active answers for %s (%.0f ms after the switch "
+                 "began)", self.seams.vip.ip, (self.seams.clock() - began) * 1000)
+        return False
+
+    def _initial_role(self) -> str:
         kept = read_state(self.cfg.base_root)
         if kept is not None:
             role = "passive" if kept else "active"
@@ -95,94 +183,23 @@ class Supervisor:
                      str(self.cfg.ha_passive).lower(), STATE_FILE)
         return role
 
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        node = self.node
-        role = self.initial_role()
-        node.switch_role = self.request_switch  # requests wait in the queue until we are up
-        async with trio.open_nursery() as nursery:
-            if self.cfg.ha_interface != "lo":
-                nursery.start_soon(trio.to_thread.run_sync, _warm_up)
-            await self._remove_leftover_vip()
-            task_status.started()
-            began, done = time.monotonic(), None
-            if role == "active":
-                self.switching = "active"
-                if await self._refused(began):
-                    role = "passive"
-            while True:
-                role, began, done = await self._run_role(role, began, done)
-
-    async def _refused(self, began: float) -> bool:
-        """Run the split-brain guard; True (and logged, with what to do) when it says no."""
-        reason = await guard.other_active(self.node)
-        if reason:
-            self.node.ha_reason = f"refused to become active: {reason}"
-            log.error("refusing to become active: %s. This node stays passive. If that node "
-                      "should stop being the active, switch it to passive first (`systemctl "
-                      "kill -s USR2 dr-provision` or `drpcli system passive` there) or stop "
-                      "it, then switch this node again (USR1 or `drpcli system active`)", reason)
-            return True
-        log.info("split-brain guard: no other active answers for %s (%.0f ms after the switch "
-                 "began)", self.cfg.ha_address.ip, (time.monotonic() - began) * 1000)
-        return False
-
-    async def _run_role(self, role: str, began: float, done: trio.Event | None):
-        """Run `role` until a switch to the other role is asked for (and allowed).
-        Returns the next (role, time that switch began, its done event)."""
-        node = self.node
-        self.switching = role
-        await trio.to_thread.run_sync(write_state, self.cfg.base_root, role == "passive")
-        runner = roles.run_active if role == "active" else roles.run_passive
-        async with trio.open_nursery() as subtree:
-            if not await subtree.start(runner, node, began):  # could not take the VIP
-                role = "passive"
-                await trio.to_thread.run_sync(write_state, self.cfg.base_root, True)
-                await subtree.start(roles.run_passive, node, began)
-            self.role, self.switching = role, None
-            if done is not None:
-                done.set()
-            while True:
-                want, done, hold, began = await self._recv.receive()
-                if want == role:
-                    log.info("already %s; ignoring the switch to %s", role, want)
-                elif want == "active":
-                    log.info("switching from passive to active")
-                    self.switching = want
-                    if not await self._refused(began):
-                        if node.follower is not None:  # a planned switch: take the tail
-                            await node.follower.drain(self.cfg.ha_handover_timeout)
-                        break
-                    self.switching = None
-                else:
-                    log.info("switching from active to passive")
-                    self.switching = want
-                    await roles.handover(node, hold)
-                    break
-                if done is not None:
-                    done.set()
-            node.ha_reason = ""
-            subtree.cancel_scope.cancel()
-        return want, began, done
-
     async def _remove_leftover_vip(self) -> None:
         """A VIP left on our interface by a crash would answer ARP for a node that is not
         serving; whichever role we take, it goes first (the active role adds it back)."""
-        cfg = self.cfg
-        iface, cidr = cfg.ha_interface, str(cfg.ha_address)
+        link = self.seams.vip
         try:
-            if cfg.ha_interface_script is None:
-                if not await vip.has_vip(iface, cidr):
-                    return
-                log.warning("removing VIP %s left behind on %s (by a crash or kill -9?)", cidr,
-                            iface)
-            await vip.remove_vip(iface, cidr, script=_script(cfg))
-        except vip.VipError as e:
+            held = await link.held()
+            if held is False:
+                return
+            if held:
+                log.warning("removing VIP %s left behind on %s (by a crash or kill -9?)",
+                            link.cidr, link.interface)
+            await link.remove()
+        except VipError as e:
             log.error("could not remove a leftover VIP: %s", e)
 
 
-def _script(cfg) -> str | None:
-    return str(cfg.ha_interface_script) if cfg.ha_interface_script else None
-
-
-async def run_supervisor(node, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    await Supervisor(node).run(task_status=task_status)
+def _warm_up() -> None:
+    """Import pyroute2 and scapy now (~0.35 s together) rather than in the first switch."""
+    import pyroute2  # noqa: F401
+    vip._scapy()

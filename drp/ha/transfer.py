@@ -21,7 +21,8 @@ from pathlib import Path
 import trio
 
 from drp.blob import storage
-from drp.blob.storage import fsync_dir, hash_existing
+from drp.blob.storage import hash_existing
+from drp.durable import fsync_dir
 from drp.ha.bulkget import Pool, PoolClosed
 from drp.metrics import CATCHUP_BYTES
 
@@ -242,11 +243,11 @@ class Fetcher:
         return None
 
     async def install(self, staged: Path, dest: Path, mode: int) -> None:
+        """Put a staged file in place at a disk path (a blob's: BlobFiles.install does it by
+        blob path)."""
         def run():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(staged, mode)
-            os.replace(staged, dest)
-            fsync_dir(dest.parent)
+            storage.place(staged, dest, mode)
         await trio.to_thread.run_sync(run)
 
     async def _fetch(self, url: str, dest: Path | None, sha256: str, mode: int,
@@ -311,8 +312,7 @@ class Fetcher:
             with _INSTALL:
                 if stop.is_set():
                     raise Cancelled()
-                os.chmod(partial, mode)
-                os.replace(partial, dest)
+                storage.place(partial, dest, mode, sync=False)  # fsync outside the lock
             fsync_dir(dest.parent)
             return size, got, dest
 

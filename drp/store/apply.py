@@ -6,7 +6,6 @@ only their metadata is recorded. Every function runs inside the caller's transac
 """
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 
@@ -36,17 +35,6 @@ def row_entry(row) -> dict:
     if data is not None:
         entry["data"] = bytes(data)
     return entry
-
-
-def wire_text(row: tuple) -> str:
-    """A change-log row as the JSON text of its replication entry: the object json.dumps
-    would make of row_entry(row) with `data` in base64, without decoding the body first."""
-    seq, epoch, when, kind, key, action, body, data = row
-    text = (f'{{"seq":{seq},"epoch":{epoch},"time":{json.dumps(when)},"kind":{json.dumps(kind)},'
-            f'"key":{json.dumps(key)},"action":{json.dumps(action)},"body":{body or "null"}')
-    if data is not None:
-        text += f',"data":"{base64.b64encode(data).decode()}"'
-    return text + "}"
 
 
 def apply_change(conn: sqlite3.Connection, change: dict) -> tuple:

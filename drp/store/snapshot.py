@@ -27,6 +27,16 @@ def vacuum_into(db_path: Path, dest: Path) -> int:
         snap.close()
 
 
+def manifest(snap: Path) -> tuple[list[tuple[str, int, str, int]], int]:
+    """What a snapshot file holds: its blobs (path, size, sha256, mode) and how many objects."""
+    conn = sqlite3.connect(f"file:{snap}?mode=ro", uri=True)
+    try:
+        blobs = conn.execute("SELECT path, size, sha256, mode FROM blobs").fetchall()
+        return blobs, conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+    finally:
+        conn.close()
+
+
 def install(conn: sqlite3.Connection, snap: Path) -> None:
     """Replace every replicated table with the snapshot's, in one transaction (the writer's
     connection, whose synchronous=FULL commit is durable when this returns)."""

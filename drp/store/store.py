@@ -11,39 +11,30 @@ SQLite.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
 import threading
 from collections import deque
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, AsyncIterator, Awaitable, Callable, ContextManager
 
 import trio
 
-from drp.errors import ApiError
 from drp.store import repair, schema, snapshot
-from drp.store.apply import row_entry, wire_text
 from drp.store.cache import ObjectCache
-from drp.store.filters import where as filters_where
+from drp.store.errors import StorageLost, WritesRefused
+from drp.store.reads import StoreReads
 from drp.store.recent import RecentLog
 from drp.store.tx import MAX_GROUP, Job, NotDurable, Tx, apply_entries, run_group
 
 log = logging.getLogger("drp.store")
 
-CommitHook = Callable[[int], Any]  # async fn(last_seq): e.g. wait for synchronous replicas
+Replicated = Callable[[int], Awaitable[None]]  # async fn(last_seq): wait for the passives
 
 
-def blob_row(conn: sqlite3.Connection, path: str) -> dict | None:
-    """The blobs row of path (in a worker thread, on a reader connection)."""
-    row = conn.execute("SELECT path, size, sha256, mode, time FROM blobs WHERE path=?",
-                       (path,)).fetchone()
-    return dict(zip(("path", "size", "sha256", "mode", "time"), row)) if row else None
-
-
-class Store:
+class Store(StoreReads):
     def __init__(self, path: Path):
         self.path = Path(path)
         self._writer_conn = schema.connect(self.path)
@@ -65,14 +56,14 @@ class Store:
         self._readers_lock = threading.Lock()
         self.head, self.epoch = self._read_position(self._writer_conn)
         self._head_changed = trio.Event()
-        # Set by the node's role: a reason string while writes are refused (passive), else None.
-        self.refuse_writes: str | None = None
+        # The write gate, set by the node's role (refuse_writes / accept_writes).
+        self._refused: str | None = None
+        self._replicated: Replicated | None = None
         # Set when a commit could not be made durable: nothing is written after it (the disk
         # may have dropped what it acknowledged; a restart reads what is really there), and
         # on_disk_failure(reason) is called: the server stops (as PostgreSQL does).
         self.disk_failure: str | None = None
         self.on_disk_failure: Callable[[str], None] | None = None
-        self.commit_hooks: list[CommitHook] = []
         self.listeners: list[Callable[[list[dict]], None]] = []
         self.retention = 100_000
         # Bumped (on the event loop) once committed changes of a kind are visible; readers
@@ -131,67 +122,6 @@ class Store:
     async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(self._reader()))
 
-    async def get(self, kind: str, key: str) -> dict | None:
-        text = await self.get_json(kind, key)
-        return None if text is None else json.loads(text)
-
-    async def get_json(self, kind: str, key: str) -> str | None:
-        """The object as stored (JSON text), from the cache of recently read objects when
-        it is there."""
-        text = self.cache.get(kind, key)
-        if text is not None:
-            return text
-        generation = self.cache.generation
-        row = await self.read(lambda conn: conn.execute(
-            "SELECT body FROM objects WHERE kind=? AND key=?", (kind, key)).fetchone())
-        if row is None:
-            return None
-        self.cache.put(kind, key, row[0], generation)
-        return row[0]
-
-    async def list(self, kind: str, filters: dict[str, str] | None = None,
-                   offset: int = 0, limit: int = -1) -> list[dict]:
-        terms, values = filters_where(kind, filters or {})
-        sql, params = ["SELECT body FROM objects WHERE kind=?", *terms], [kind, *values]
-        sql.append("ORDER BY key LIMIT ? OFFSET ?")
-        params += [limit, offset]
-        rows = await self.read(lambda c: c.execute(" ".join(sql), params).fetchall())
-        return [json.loads(r[0]) for r in rows]
-
-    async def blob(self, path: str) -> dict | None:
-        return await self.read(lambda conn: blob_row(conn, path))
-
-    async def wire_after(self, seq: int, limit: int = 1000) -> list[tuple[int, str]]:
-        """(seq, replication wire text) of the entries after seq: from memory when they were
-        just committed, else from the database."""
-        held = self.recent.after(seq, limit, oldest_kept=self.head - self.retention + 1)
-        if held is not None:
-            return held
-
-        def q(conn):
-            rows = conn.execute("SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                                (seq, limit)).fetchall()
-            return [(r[0], wire_text(r)) for r in rows]
-        return await self.read(q)
-
-    async def entries_after(self, seq: int, limit: int = 1000) -> list[dict]:
-        rows = await self.read(lambda c: c.execute(
-            "SELECT * FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall())
-        return [row_entry(r) for r in rows]
-
-    async def oldest_seq(self) -> int:
-        return await self.read(
-            lambda c: c.execute("SELECT COALESCE(MIN(seq), 0) FROM changes").fetchone()[0])
-
-    async def history(self) -> list[tuple[int, int, str]]:
-        rows = await self.read(lambda c: c.execute(
-            "SELECT epoch, start_seq, drp_id FROM epochs ORDER BY epoch").fetchall())
-        return [tuple(r) for r in rows]
-
-    async def last_entry_epoch(self) -> int:
-        return await self.read(lambda c: (c.execute(
-            "SELECT epoch FROM changes ORDER BY seq DESC LIMIT 1").fetchone() or (0,))[0])
-
     # `local` rows (this node's own, never replicated) use their own connection, so they never
     # join a transaction the writer has open.
     def local_get_sync(self, name: str) -> str | None:
@@ -219,6 +149,30 @@ class Store:
     async def local_set(self, name: str, value: str) -> None:
         await trio.to_thread.run_sync(self.local_set_sync, name, value)
 
+    # ---- the write gate ---------------------------------------------------------------------
+    def refuse_writes(self, reason: str) -> None:
+        """From now on writes (but internal ones) raise WritesRefused(reason), those already
+        queued and not yet taken by the writer too. Writes already taken still wait for the
+        replication hook they were taken under."""
+        self._refused, self._replicated = reason, None
+
+    def accept_writes(self, replicated: Replicated | None = None) -> None:
+        """Writes are accepted; with `replicated`, each write that changed something awaits
+        replicated(its last seq) before it returns (one hook at most)."""
+        self._refused, self._replicated = None, replicated
+
+    @property
+    def writes_refused(self) -> str | None:
+        """Why writes are refused now, or None when they are accepted."""
+        return self._refused
+
+    @asynccontextmanager
+    async def quiesced(self) -> AsyncIterator[None]:
+        """While inside, no write is inside the writer: writes already inside it finish first,
+        writes arriving meanwhile wait. Do not write from inside (the writer is held)."""
+        async with self._writer:
+            yield
+
     # ---- writes ---------------------------------------------------------------------------
     async def write(self, fn: Callable[[Tx], Any], *, internal: bool = False,
                     during: ContextManager | None = None) -> Any:
@@ -231,8 +185,8 @@ class Store:
         every queued write in ONE transaction (one fsync, one worker-thread hop), each inside
         its own SAVEPOINT, so a write that fails is rolled back alone and takes no seq."""
         self._check_disk()
-        if self.refuse_writes and not internal:
-            raise ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
+        if self._refused and not internal:
+            raise WritesRefused(self._refused)
         job = Job(fn, internal, during)
         self._queue.append(job)
         try:
@@ -245,9 +199,8 @@ class Store:
             raise
         if job.error is not None:
             raise job.error
-        if job.changes:
-            for hook in list(self.commit_hooks):
-                await hook(job.changes[-1]["seq"])
+        if job.changes and job.replicated is not None:
+            await job.replicated(job.changes[-1]["seq"])
         return job.result
 
     async def _commit_queued(self) -> None:
@@ -267,10 +220,12 @@ class Store:
                 job.error = self._disk_error()
                 job.done = True
                 continue
-            if self.refuse_writes and not job.internal:  # the role changed while it queued
-                job.error = ApiError(503, self.refuse_writes, type_="HA_PASSIVE")
+            if self._refused and not job.internal:  # the role changed while it queued
+                job.error = WritesRefused(self._refused)
                 job.done = True
                 continue
+            # the hook in force when it commits: a role change meanwhile does not drop it
+            job.replicated = self._replicated
             group.append(job)
         if not group:
             return
@@ -324,8 +279,8 @@ class Store:
         finally:  # the next group must never reuse these seqs
             self._set_position(changes[-1]["seq"], self.epoch_after(changes))
 
-    def _disk_error(self) -> ApiError:
-        return ApiError(500, self.disk_failure, type_="StorageError")
+    def _disk_error(self) -> StorageLost:
+        return StorageLost(self.disk_failure)
 
     def _check_disk(self) -> None:
         if self.disk_failure:

@@ -16,7 +16,9 @@ import sqlite3
 import time
 from typing import Callable
 
-from drp.store.apply import apply_change, wire_text
+from drp.store import queries
+from drp.store.apply import apply_change
+from drp.store.wire import entry_text
 
 MAX_GROUP = 128  # writes committed together at most
 TRIM_EVERY = 1000  # the change log is trimmed each time the head passes a multiple of this
@@ -37,8 +39,20 @@ class Tx:
                                 (kind, key)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def query(self, sql: str, params=()) -> list:
-        return self.conn.execute(sql, params).fetchall()
+    def blob(self, path: str) -> dict | None:
+        """The blobs row of path: {path, size, sha256, mode, time}, or None."""
+        return queries.blob(self.conn, path)
+
+    def has_any(self, *kinds: str) -> bool:
+        return queries.has_any(self.conn, *kinds)
+
+    def name_taken(self, kind: str, name: str, except_key: str) -> str | None:
+        """The key of another object of kind already named name (objects.name), or None."""
+        return queries.name_taken(self.conn, kind, name, except_key)
+
+    def max_epoch(self) -> int:
+        """The highest epoch in the epoch history; 0 when there is none."""
+        return queries.max_epoch(self.conn)
 
     def record(self, kind: str, key: str, action: str, body=None, data: bytes | None = None,
                epoch: int | None = None) -> dict:
@@ -50,17 +64,19 @@ class Tx:
             change["data"] = data
         row = apply_change(self.conn, change)
         self.changes.append(change)
-        self.wire.append((self.head, wire_text(row)))
+        self.wire.append((self.head, entry_text(row)))
         return change
 
 
 class Job:
     """One queued write: its mutation and, once a writer ran it, its outcome."""
-    __slots__ = ("fn", "internal", "during", "result", "error", "changes", "taken", "done")
+    __slots__ = ("fn", "internal", "during", "result", "error", "changes", "taken", "done",
+                 "replicated")
 
     def __init__(self, fn, internal: bool, during):
         self.fn, self.internal, self.during = fn, internal, during
         self.result, self.error, self.changes = None, None, []
+        self.replicated = None  # the replication hook in force when the writer took it
         self.taken = self.done = False
 
 
@@ -174,7 +190,7 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
                 rollback_open(conn)
                 raise
             applied.append(entry)
-            wire.append((entry["seq"], wire_text(row)))
+            wire.append((entry["seq"], entry_text(row)))
     finally:
         try:
             if applied:
