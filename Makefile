@@ -31,6 +31,14 @@ test-deps:
 test: venv test-deps
 	$(PY) -m pytest -ra
 
+# The offline install archive (README, "Running under systemd"): drp and every dependency as
+# wheels for $(PYTHON), install.sh and the unit, in dist/.  Needs the package index on the first
+# build only (dependency wheels are cached in build/dist-cache).  Another Python:
+# `make dist PYTHON=python3.12` on a machine that has it.
+.PHONY: dist
+dist:
+	$(PYTHON) contrib/make_dist.py --out-dir dist --cache build/dist-cache
+
 bench: venv
 	$(PY) -m bench replication --quick
 

@@ -13,6 +13,7 @@ from drp import config as configmod, node as nodemod, systemd, tls
 from drp.api.app import create_app
 from drp.blob.static import static_service
 from drp.config import Config, ConfigError
+from drp.ha.follower import RAN_STANDALONE
 from drp.ha.supervisor import Supervisor
 from drp.metrics import metrics_service
 from drp.serving import hypercorn_config, serve_app
@@ -20,6 +21,7 @@ from drp.store.store import Store
 
 log = logging.getLogger("drp.server")
 STOP_GRACE = 3.0  # seconds a graceful stop may take before the nursery is cancelled
+READY_WAIT = 15.0  # READY=1 at the latest this long after the API listens, serving or not
 
 
 def setup_logging(level: str) -> None:
@@ -49,6 +51,7 @@ class Server:
 
     async def run(self) -> None:
         cfg = self.cfg
+        systemd.notify("STATUS=starting: opening the store")
         cfg.base_root.mkdir(parents=True, exist_ok=True)
         store = Store(cfg.base_root / "drp.db")
         store.on_disk_failure = self._disk_failed
@@ -71,6 +74,7 @@ class Server:
             node.store.refuse_writes("this node is starting up in HA mode; try again shortly")
         else:
             await node.store.write(lambda tx: nodemod.bootstrap(tx, node.drp_id), internal=True)
+            await node.store.local_set(RAN_STANDALONE, "yes")  # said if it joins a cluster
         app = create_app(node)
         # Tasks that never end on their own (signal watcher, watchdog): cancelled once a stop
         # begins, so a graceful stop takes as long as the services need, not the full grace.
@@ -106,6 +110,9 @@ class Server:
             # (16 writers, two HA clusters side by side: p99 94 -> 50 ms).
             gc.collect()  # the garbage of starting up is not kept forever
             gc.freeze()
+            if supervisor is not None:  # ready means serving in its role (or a stop began)
+                with trio.move_on_after(READY_WAIT):
+                    await _first_of(supervisor.serving, self.stop.wait)
             systemd.notify("READY=1")
             interval = systemd.watchdog_interval()
             if interval:
@@ -143,6 +150,16 @@ class Server:
                 else:
                     log.info("got %s: switching to %s", signal.Signals(signum).name, role)
                     await node.ha.request_switch(role)
+
+
+async def _first_of(*waits) -> None:
+    """Return when the first of these async functions returns."""
+    async with trio.open_nursery() as nursery:
+        async def one(wait):
+            await wait()
+            nursery.cancel_scope.cancel()
+        for wait in waits:
+            nursery.start_soon(one, wait)
 
 
 def main(argv: list[str] | None = None) -> None:

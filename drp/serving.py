@@ -10,6 +10,18 @@ import hypercorn.trio
 import trio
 
 
+class _NoBanner(logging.Filter):
+    """Drops hypercorn's "Running on … (CTRL + C to quit)": the node's own "API listening on"
+    line says where it listens, and under systemd there is no terminal to press it in."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Running on ")
+
+
+HTTP_LOG = logging.getLogger("drp.http")
+HTTP_LOG.addFilter(_NoBanner())
+
+
 def bind_spec(host: str, port: int) -> str:
     """host:port as hypercorn binds it ([::1]:8092 for IPv6)."""
     return f"[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"{host}:{port}"
@@ -22,7 +34,7 @@ def hypercorn_config(port: int, cert: Path | None = None, key: Path | None = Non
     if cert and key:
         hc.certfile, hc.keyfile = str(cert), str(key)
     hc.accesslog = None
-    hc.errorlog = logging.getLogger("drp.http")
+    hc.errorlog = HTTP_LOG
     hc.graceful_timeout = 1.0
     hc.keep_alive_timeout = 75
     return hc

@@ -13,13 +13,16 @@ roles and the supervisor — is the code a real node runs.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import shutil
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
+from drp.blob import storage
 from drp.config import load
 from drp.ha import messages as m
 from drp.ha.roles import Seams
@@ -136,8 +139,9 @@ class ActiveEnd:
 class LocalFetcher:
     """Catch-up downloads from the node holding the VIP, by copying files."""
 
-    def __init__(self, segment: Segment, partial: Path):
+    def __init__(self, segment: Segment, partial: Path, delay: float = 0.0):
         self.segment, self.partial = segment, partial
+        self.delay = delay  # each blob fetch takes this long (a big file on a slow link)
         self.fetched: list[str] = []
 
     async def sweep_staged(self) -> None:
@@ -160,7 +164,7 @@ class LocalFetcher:
             hub = active.supervisor.replication_hub()
             path = hub.snapshots.get(url_or_path.rsplit("/", 1)[1]) if hub else None
         else:
-            path = active.base / url_or_path
+            path = storage.disk_path(active.base, url_or_path)  # files/x: tftpboot/files/x
         if path is None or not path.exists():
             raise Gone(f"{url_or_path}: not on the active")
         return path
@@ -184,10 +188,13 @@ class LocalFetcher:
         got_size, got = await self._copy(self._source(path), dest, sha256)
         return got_size, got, False
 
-    async def stage_blob(self, path: str, sha256: str, size: int):
+    async def stage_blob(self, path: str, sha256: str, size: int, progress=None):
         self.fetched.append(path)
+        await trio.sleep(self.delay)
         staged = self.partial / hashlib.sha256(path.encode()).hexdigest()
         got_size, got = await self._copy(self._source(path), staged, sha256)
+        if progress is not None:
+            progress.add(got_size)
         return got_size, got, staged
 
     async def install(self, staged: Path, dest: Path, mode: int) -> None:
@@ -215,6 +222,7 @@ class FakeNode:
         self._scope: trio.CancelScope | None = None
         self._ended = trio.Event()
         self.alive = False
+        self.fetch_delay = 0.0  # given to the node's LocalFetcher at start()
         segment.nodes[drp_id] = self
 
     async def start(self) -> None:
@@ -226,7 +234,7 @@ class FakeNode:
         node = Node(cfg=self.cfg, store=self.store, drp_id=self.drp_id)
         node.status_line = self.lines.append
         self.vip = FakeVip(self.segment, self)
-        self.fetcher = LocalFetcher(self.segment, self.base / "ha" / "partial")
+        self.fetcher = LocalFetcher(self.segment, self.base / "ha" / "partial", self.fetch_delay)
         seams = Seams(vip=self.vip, connect=self._connect, fetcher=lambda: self.fetcher,
                       guard=self._guard)
         self.supervisor = node.ha = Supervisor(node, seams)
@@ -293,6 +301,16 @@ class FakeNode:
         return await self.store.write(
             lambda tx: tx.record("machines", key, "create", {"Name": key, **body}))
 
+    async def put_file(self, name: str, data: bytes) -> str:
+        """A file as an upload makes it: bytes under the base root, then its blob entry."""
+        path = f"files/{name}"
+        target = storage.disk_path(self.base, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        meta = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mode": 0o644}
+        await self.store.write(lambda tx: tx.record("blob", path, "put", meta))
+        return path
+
     async def keys(self) -> list[str]:
         return [o["Name"] for o in await self.store.list("machines")]
 
@@ -333,3 +351,26 @@ async def wait_until(pred, timeout: float = 5.0, what: str = "condition"):
             await trio.sleep(0.005)
         return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---- fixtures (imported by tests/conftest.py) ---------------------------------------------------
+@pytest.fixture
+async def segment():
+    """A Segment in a nursery of the test's; every node still up is stopped at the end."""
+    async with trio.open_nursery() as nursery:
+        seg = Segment(nursery)
+        yield seg
+        for node in seg.nodes.values():
+            if node.alive:
+                await node.stop()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def logs(caplog):
+    """logs(text) -> the messages of drp's loggers (INFO and up) that contain text."""
+    caplog.set_level(logging.INFO, logger="drp")
+
+    def lines(contains: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if contains in r.getMessage()]
+    return lines

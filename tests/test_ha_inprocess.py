@@ -4,37 +4,16 @@ second; the namespace and process tests (test_ha_roles, test_ha_replication, tes
 stay the end-to-end proof."""
 from __future__ import annotations
 
-import logging
 
 import pytest
 import trio
 
+from drp.ha import follower as follower_module
 from drp.ha.follower import REALTIME
 from drp.store.errors import NotReplicated, WritesRefused
-from tests.hafakes import FakeNode, Segment, wait_until
+from tests.hafakes import FakeNode, wait_until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def segment():
-    async with trio.open_nursery() as nursery:
-        seg = Segment(nursery)
-        yield seg
-        for node in seg.nodes.values():
-            if node.alive:
-                await node.stop()
-        nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-def logs(caplog):
-    caplog.set_level(logging.INFO, logger="drp")
-
-    def lines(contains: str, name: str | None = None) -> list[str]:
-        return [r.getMessage() for r in caplog.records
-                if contains in r.getMessage() and (name is None or r.name == name)]
-    return lines
 
 
 def node(segment, tmp_path, drp_id: str, *, passive: bool, **kw) -> FakeNode:
@@ -73,7 +52,11 @@ async def test_catch_up_then_realtime(segment, tmp_path, logs):
     await wait_until(lambda: b.status().ha_status == "In-Sync")
     assert await b.keys() == await a.keys() and len(await b.keys()) == 20
     assert logs(REALTIME) == [REALTIME]
-    assert logs("connected to active n1: resuming from seq 1")
+    assert logs("connected to active n1: this node is at seq 0, 25 behind its head 25; "
+                "replaying from seq 1")
+    assert not logs("stopped following")  # n1's first role followed nobody
+    assert logs("active: accepting writes (") and \
+        "after the node started taking the role" in logs("active: accepting writes (")[0]
     assert passive_state(a, "n2")["state"] == "In-Sync"
     assert passive_state(a, "n2")["electable"]
     # synchronous from now on: when a write returns, the passive has it
@@ -93,7 +76,7 @@ async def test_resume_after_a_disconnect(segment, tmp_path, logs):
     await wait_until(lambda: b.store.head == a.store.head, what="n2 resumed")
     await wait_until(lambda: b.status().ha_status == "In-Sync")
     assert {"before", "gap0", "gap1", "gap2"} <= set(await b.keys())
-    assert len(logs("resuming from seq")) == 2  # resumed, no full catch-up
+    assert len(logs("connected to active n1: this node")) == 2  # resumed, no full catch-up
     assert not logs("full catch-up")
     assert len(logs(REALTIME)) == 2  # once per connection
 
@@ -141,6 +124,8 @@ async def test_planned_handover_with_writes_in_flight(segment, tmp_path, logs):
     assert len(acked) + len(refused) == 40 and acked
     assert logs("handover: every In-Sync passive acked")
     assert logs("took every entry of the handing-over active")
+    assert logs("the active handed over at seq")  # an expected close, said as such
+    assert not [ln for ln in logs("replication from") if "EndOfChannel" in ln]  # not a warning
     await wait_until(lambda: a.status().ha_status == "In-Sync", what="n1 follows n2")
     await b.write("on-n2")
     assert "on-n2" in await a.keys()
@@ -231,3 +216,52 @@ async def test_stop_releases_the_vip_and_refuses_writes(segment, tmp_path):
     assert segment.vip_holder is a
     await a.stop()
     assert segment.vip_holder is None and a.vip.calls[-1] == "remove"
+
+
+async def test_a_passive_fetching_files_holds_no_write_back(segment, tmp_path, logs):
+    """A passive that is a big file behind counts as caught up only once it can ack promptly:
+    writes meanwhile do not wait for it (nor drop it once per write)."""
+    a, b = await pair(segment, tmp_path, sync_timeout="0.3s")
+    await b.stop()
+    await a.put_file("big.iso", b"x" * 4096)
+    b.fetch_delay = 1.0  # the file takes a second to come
+    await b.start()
+    await wait_until(lambda: b.fetcher.fetched == ["files/big.iso"], what="n2 fetching")
+    for i in range(10):
+        began = trio.current_time()
+        await a.write(f"during{i}")
+        assert trio.current_time() - began < 0.2, f"write {i} waited for the fetching passive"
+        await trio.sleep(0.05)
+    assert not logs("did not ack within")  # never held back, so never dropped
+    await wait_until(lambda: passive_state(a, "n2")["state"] == "In-Sync", what="n2 In-Sync")
+    await a.write("after")
+    assert "after" in await b.keys()  # synchronous again
+    assert (b.base / "tftpboot" / "files" / "big.iso").read_bytes() == b"x" * 4096
+
+
+async def test_a_disconnected_passive_stays_in_view(segment, tmp_path):
+    a, b = await pair(segment, tmp_path)
+    await b.stop()
+    gone = passive_state(a, "n2")
+    assert gone["state"] == "Disconnected" and not gone["electable"]
+    assert gone["since"].endswith("Z") and gone["lag"] == 0
+    await a.write("while-away")  # waits for nobody
+    assert passive_state(a, "n2")["lag"] == 1
+    await b.start()
+    await wait_until(lambda: passive_state(a, "n2")["state"] == "In-Sync", what="back")
+    assert "since" not in passive_state(a, "n2")
+
+
+async def test_no_active_for_a_while_says_what_to_do_once(segment, tmp_path, logs,
+                                                          monkeypatch):
+    monkeypatch.setattr(follower_module, "NO_ACTIVE_AFTER", 0.5)
+    a, b = await pair(segment, tmp_path)
+    await a.write("last")
+    head = b.store.head
+    await a.crash()
+    await wait_until(lambda: logs("no active at"), timeout=5, what="the no-active line")
+    await trio.sleep(1.0)  # more failed attempts: said once
+    lines = logs("no active at")
+    assert len(lines) == 1
+    assert "promote an electable passive: `drpcli system active` against that node" in lines[0]
+    assert f"This node is electable: it was In-Sync with n1 at seq {head}" in lines[0]

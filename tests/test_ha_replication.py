@@ -295,6 +295,7 @@ def test_refusals_are_explained_on_both_sides(cluster, case):
         assert want in reason
     assert info(a, cluster.token)["ha_passive_state"] == []
     assert b.proc.poll() is None  # a refused passive stays up
+    assert "ConnectionClosed" not in b.logs()  # the refusal is the first thing it hears
 
 
 def test_divergent_old_active_is_detected_and_repaired(cluster):
@@ -326,3 +327,50 @@ def test_divergent_old_active_is_detected_and_repaired(cluster):
     assert "after-failover" in names and "shared" in names
     assert not any(n.startswith("lost") for n in names)
     assert json.loads((a.base_root / "ha-state.json").read_text()) == {"Passive": True}
+
+
+def test_a_node_that_ran_standalone_is_told_so_when_it_joins(cluster):
+    """The README's route: every node runs standalone first (`enable --now`), then joins."""
+    cluster.node("a", passive=False)
+    b = cluster.node("b", passive=True, start=False)
+    ha_args = b.args
+    b.args = ["--drp-id", "node-b"]  # standalone, as `systemctl enable --now` starts it
+    b.start()
+    with b.client() as c:  # its own default user: the cluster's token is not its yet
+        c.post("/machines", json={"Name": "made-standalone"}).raise_for_status()
+    b.stop()
+    b.args = ha_args
+    cluster.start(b)
+    b.wait_log(REALTIME)
+    log = b.logs()
+    assert "this node ran standalone before it joined the cluster: its" in log
+    assert "written while it was active" not in log  # it never was
+    assert log.index("ran standalone before it joined") < log.index("catch-up done")
+    assert "catch-up: this node's own data is kept in" in log
+
+
+def test_a_changed_active_certificate_is_refused_with_a_command_to_accept_it(cluster):
+    a = cluster.node("a", passive=False)
+    b = cluster.node("b", passive=True)
+    b.wait_log(REALTIME)
+    a.stop()
+    for name in ("server.crt", "server.key"):  # a new self-signed certificate at the restart
+        (a.base_root / name).unlink()
+    cluster.start(a)
+    b.wait_log("refusing the active at")
+    line = next(ln for ln in b.logs().splitlines() if "refusing the active at" in ln)
+    assert "the TLS certificate of active node-a changed" in line
+    assert "the active refused this node" not in b.logs()  # this node refuses, not the active
+    assert "system forget-pin node-a`" in line
+    out = b.drpcli("system", "forget-pin", "node-a", token=cluster.token)
+    assert json.loads(out.stdout) == {"Forgot": "node-a"}
+    again = b.drpcli("system", "forget-pin", "node-a", token=cluster.token, check=False)
+    assert again.returncode != 0 and "has pinned no certificate for node-a" in again.stderr
+    b.stop()
+    mark = b.logs().count(REALTIME)
+    cluster.start(b)  # pins the new certificate and follows again
+    b.wait_log("pinned the TLS certificate of active node-a")
+    deadline = time.monotonic() + 20
+    while b.logs().count(REALTIME) <= mark and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b.logs().count(REALTIME) > mark

@@ -126,6 +126,8 @@ def test_signals_move_the_vip(cluster):
     for step in ("handover: refusing new writes", "handover: every In-Sync passive acked",
                  "VIP 198.18.0.100/24 removed from eth0", "passive: following the active"):
         assert step in n1.logs(), step
+    assert n1.logs().count("VIP 198.18.0.100/24 removed from eth0") == 1  # said once
+    assert log.count("VIP 198.18.0.100/24 added") == 1
 
 
 @requires_root

@@ -707,3 +707,20 @@ def test_entries_frame_matches_encode():
     frame = entries_frame([json.dumps(i) for i in items], 7)
     assert json.loads(frame) == json.loads(encode(Entries(items, 7)))
     assert decode(frame) == Entries(items, 7)
+
+
+def test_a_syncing_passive_joins_only_while_it_can_ack_promptly():
+    t = ActiveTracker(head=10, prompt=1.0)
+    t.add("b", "198.18.0.12", 1)
+    t.on_sent("b", 5, 0.0, slow=True)  # a batch that puts a file: fetched before it is acked
+    t.on_sent("b", 10, 0.1)  # caught up as of this send, but a file is still to come
+    t.head_advanced(11, 0.2)
+    assert t.must_wait_for(11) == set()  # so writes do not wait for it
+    t.on_ack("b", 5, 3.0)  # the file came
+    t.on_sent("b", 11, 3.1)  # seq 10, sent at 0.1, is unacked for 3 s: not prompt yet
+    t.head_advanced(12, 3.1)
+    assert t.must_wait_for(12) == set()
+    t.on_ack("b", 11, 3.2)
+    t.on_sent("b", 12, 3.3)  # everything it was sent came back promptly: it joins
+    assert t.must_wait_for(12) == {"b"} and t.snapshot()[0]["state"] == SYNCING
+    assert t.on_ack("b", 12, 3.4) is True and t.snapshot()[0]["electable"]

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from drp.ha import transfer
+from drp.ha.progress import Progress
 from drp.ha.bulkget import CertificateMismatch, Pool
 from drp.ha.transfer import Fetcher, Gone
 
@@ -116,7 +117,7 @@ async def test_files_come_from_the_static_port_without_the_token(served, tmp_pat
     data, sha = files["big.bin"]
     fetcher = Fetcher(server.url, "not-a-token", tmp_path / "partial")
     fetcher.use_static(server.static_port)
-    progress = transfer.Progress(report=lambda status: None)
+    progress = Progress(report=lambda status: None)
     try:
         dest = tmp_path / "out" / "big.bin"
         assert await fetcher.fetch_blob("files/big.bin", dest, sha, BIG, 0o640, progress) == \
@@ -179,7 +180,7 @@ async def test_what_the_static_port_gets_wrong_comes_over_the_api(served, tmp_pa
     threading.Thread(target=liar.serve_forever, daemon=True).start()
     fetcher = fetcher_for(server, token, tmp_path / "partial")
     fetcher.use_static(liar.server_address[1])
-    progress = transfer.Progress(report=lambda status: None)
+    progress = Progress(report=lambda status: None)
     try:
         dest = tmp_path / "big.bin"
         assert await fetcher.fetch_blob("files/big.bin", dest, sha, BIG, 0o644, progress) == \
@@ -257,7 +258,7 @@ async def test_a_static_port_that_fails_is_left_alone_this_session(served, tmp_p
         hangup.close()
 
 
-class _CancelOnFirstBytes(transfer.Progress):
+class _CancelOnFirstBytes(Progress):
     """Cancels `scope` from the fetch thread once the first bytes arrived: mid-transfer."""
 
     def __init__(self, scope: trio.CancelScope):

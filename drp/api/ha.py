@@ -5,6 +5,7 @@
 /api/v3/ha/blobs/<path>   a blob's current bytes (Range, X-DRP-SHA256SUM)
 /api/v3/system/active     switch this node to active (as SIGUSR1 does)
 /api/v3/system/passive    switch this node to passive (as SIGUSR2 does)
+/api/v3/system/ha/pins/<drp-id>  DELETE: forget the certificate pinned for that active
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from drp.api.system import stats
 from drp.blob import storage
 from drp.blob.send import Opened, blob_response, open_blob
 from drp.ha import protocol as p
+from drp.ha.follower import pin_key
 from drp.ha.roles import VipHold
 from drp.node import info
 
@@ -28,6 +30,7 @@ bp = Blueprint("ha", __name__, url_prefix="/api/v3")
 log = logging.getLogger("drp.ha.active")
 REPLICATE_PATH = "/api/v3/ha/replicate"
 SWITCH_TIMEOUT = 60.0
+HELLO_WAIT = 2.0  # a refused passive's hello is waited for this long at most
 
 
 @bp.websocket("/ha/replicate")
@@ -46,7 +49,7 @@ async def replicate():
                   "to a superuser token of this cluster, e.g. from `drpcli users token "
                   "rocketskates ttl 3y | jq -r .Token` on the active")
         log.warning("refusing replication from %s: %s", address, reason)
-        await websocket.send(p.encode(p.Refuse(reason, "token")))
+        await _refuse(reason, "token")
         return
     hub = node.ha.replication_hub() if node.ha is not None else None
     if hub is None:
@@ -54,13 +57,21 @@ async def replicate():
         reason = (f"this node ({node.drp_id}) is not the active"
                   + (f"; the active is {active_id}" if active_id else "")
                   + ": point --ha-join (RS_HA_JOIN) at the active or the VIP")
-        await websocket.send(p.encode(p.Refuse(reason, "not_active")))
+        await _refuse(reason, "not_active")
         return
     try:
         with websocket_scope(node):
             await hub.serve(websocket, address)
     except p.ProtocolError as e:
         log.warning("replication session with %s ended: %s", address, e)
+
+
+async def _refuse(reason: str, code: str) -> None:
+    """Refuse once the passive's hello is in (bounded): a refusal sent before it would close
+    the connection under the passive's feet, and it would see a close, not the reason."""
+    with trio.move_on_after(HELLO_WAIT):
+        await websocket.receive()
+    await websocket.send(p.encode(p.Refuse(reason, code)))
 
 
 @bp.route("/ha/snapshot/<snap_id>", methods=["GET", "HEAD"])
@@ -117,6 +128,21 @@ async def _switch(role: str):
         hold.sent.set()
     return Response(answer_then_release(), content_type="application/json",
                     headers={"Content-Length": str(len(body))})
+
+
+@bp.delete("/system/ha/pins/<drp_id>")
+async def forget_pin(drp_id: str):
+    """Forget the TLS certificate this node pinned for active `drp_id` (when that active's
+    certificate was replaced on purpose); the next connection pins the new one."""
+    store = current_app.node.store
+    key = pin_key(drp_id)
+    if not await store.local_get(key):
+        raise ApiError(404, f"this node has pinned no certificate for {drp_id}",
+                       model="ha", key=drp_id, type_="NotFound")
+    await store.local_delete(key)
+    log.warning("forgot the pinned TLS certificate of active %s (asked through the API); the "
+                "next connection pins the one it presents", drp_id)
+    return Response(json.dumps({"Forgot": drp_id}), content_type="application/json")
 
 
 @bp.post("/system/active")

@@ -63,6 +63,7 @@ ROUTES: dict[str, Callable[[dict, str, str], Need]] = {
     "ha.blob": lambda a, m, u: Need("ha", "get", a["path"], superuser=True),
     "ha.system_active": lambda a, m, u: Need("system", "update", "active"),
     "ha.system_passive": lambda a, m, u: Need("system", "update", "passive"),
+    "ha.forget_pin": lambda a, m, u: Need("ha", "delete", a["drp_id"], superuser=True),
     "blobs.list_files": _blob("files", None),
     "blobs.upload_file": _blob("files", "rel"),
     "blobs.get_file": _blob("files", "rel"),

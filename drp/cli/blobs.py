@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from drp.cli.client import CliError, Client, error_text
-from drp.cli.commands import command, need
+from drp.cli.commands import command, describe, need
 
 CHUNK = 1 << 20
 TRANSFER_TIMEOUT = httpx.Timeout(60, read=None, write=None)  # an ISO may take minutes
@@ -122,53 +122,76 @@ def _url(kind: str, path: str) -> str:
     return f"/{kind}/" + "/".join(segments)
 
 
-def _blob_verbs(kind: str, model: str, flat: bool) -> None:
+def _blob_verbs(kind: str, model: str, flat: bool, example: str) -> None:
     what = "NAME" if flat else "PATH"
+    where = (f"the {model}'s name under the server's {kind}/" if flat else
+             f"the {model}'s path under the server's {kind}/ (a/b/c makes the directories)")
+    local = Path(example).name
 
-    @command(kind, "upload")
+    @command(kind, "upload", "SRC [as DEST]",
+             summary=f"Upload a local file to the server's {kind}/",
+             arguments=(("SRC", "the local file, or - for stdin (then `as DEST` is needed)"),
+                        ("DEST", where + "; default: SRC's file name")),
+             example=f"drpcli {kind} upload ./{local} as {example}")
     def _upload(client, args):
         usage = f"{kind} upload SRC [as DEST]"
         need(args, 1, usage)
         dest = _keyword(args, "as", None if args[0] == "-" else Path(args[0]).name, usage)
         return upload(client, _url(kind, dest), args[0])
 
-    @command(kind, "download")
+    @command(kind, "download", f"{what} [to DEST]",
+             summary=f"Download a {model}, checking the server's sha256",
+             arguments=((what, where),
+                        ("DEST", f"the local file (written whole or not at all), or - for "
+                                 f"stdout; default: {what}'s file name")),
+             example=f"drpcli {kind} download {example} to ./{local}")
     def _download(client, args):
         usage = f"{kind} download {what} [to DEST]"
         need(args, 1, usage)
         dest = _keyword(args, "to", Path(args[0]).name, usage)
         download(client, _url(kind, args[0]), dest)
 
-    @command(kind, "list")
+    @command(kind, "list", "" if flat else "[PATH]",
+             summary=f"List the {kind}" if flat else
+             "List the files and directories (a trailing /) in a directory",
+             arguments=() if flat else (("PATH", "the directory; default: the top"),),
+             example=f"drpcli {kind} list" + ("" if flat else f" {Path(example).parent}"))
     def _list(client, args):
         params = {"path": args[0]} if args and not flat else {}
         return client.json("GET", f"/{kind}", params=params)
 
-    @command(kind, "exists")
+    @command(kind, "exists", what, summary=f"Exit 0 if a {model} exists, else say so and exit 1",
+             arguments=((what, where),), example=f"drpcli {kind} exists {example}")
     def _exists(client, args):
         need(args, 1, f"{kind} exists {what}")
         if client.request("HEAD", _url(kind, args[0]), ok=(200, 404)).status_code == 404:
             raise CliError(f"{model} {args[0]} does not exist")
 
-    @command(kind, "destroy")
+    @command(kind, "destroy", what, summary=f"Delete a {model}", arguments=((what, where),),
+             example=f"drpcli {kind} destroy {example}")
     def _destroy(client, args):
         need(args, 1, f"{kind} destroy {what}")
         client.request("DELETE", _url(kind, args[0]))
         return f"Deleted {model} {args[0]}"
 
 
-_blob_verbs("files", "file", flat=False)
-_blob_verbs("isos", "iso", flat=True)
+describe("files", "Files in directories, served on the static port under /files/")
+describe("isos", "ISO images, served on the static port under /isos/")
+_blob_verbs("files", "file", flat=False, example="boot/ipxe.efi")
+_blob_verbs("isos", "iso", flat=True, example="debian-12.iso")
 
 
 # ---- job logs --------------------------------------------------------------------------------
-@command("jobs", "log")
+@command("jobs", "log", "UUID", summary="Print a job's log to stdout",
+         arguments=(("UUID", "the job's Uuid"),), example="drpcli jobs log <uuid>")
 def _job_log(client, args):
     need(args, 1, "jobs log UUID")
     download(client, f"/jobs/{args[0]}/log", "-")
 
 
-@command("jobs", "log-append")
+@command("jobs", "log-append", "UUID FILE|-", summary="Append to a job's log",
+         arguments=(("UUID", "the job's Uuid"), ("FILE|-", "a local file, or - for stdin")),
+         example="echo done | drpcli jobs log-append <uuid> -")
 def _job_log_append(client, args):
     need(args, 2, "jobs log-append UUID FILE|-")
     if args[1] == "-":
@@ -192,7 +215,12 @@ def _bundle_body(path: str) -> tuple[bytes, str]:
     return raw, "application/yaml" if yaml_ext else "application/octet-stream"
 
 
-@command("contents", "upload")
+BUNDLE = ("FILE", "the bundle in JSON or YAML (.yaml/.yml), or - for stdin")
+describe("contents", "Content bundles: sets of objects installed (and removed) together")
+
+
+@command("contents", "upload", "FILE", summary="Install a content bundle",
+         arguments=(BUNDLE,), example="drpcli contents upload ./my-content.yaml")
 def _contents_upload(client, args):
     need(args, 1, "contents upload FILE")
     raw, ctype = _bundle_body(args[0])
@@ -200,7 +228,10 @@ def _contents_upload(client, args):
                           headers={"Content-Type": ctype}).json()
 
 
-@command("contents", "update")
+@command("contents", "update", "NAME FILE",
+         summary="Replace an installed content bundle with a new version",
+         arguments=(("NAME", "the installed bundle's name"), BUNDLE),
+         example="drpcli contents update my-content ./my-content.yaml")
 def _contents_update(client, args):
     need(args, 2, "contents update NAME FILE")
     raw, ctype = _bundle_body(args[1])
@@ -208,34 +239,47 @@ def _contents_update(client, args):
                           headers={"Content-Type": ctype}).json()
 
 
-def _named_verbs(kind: str, model: str, path: str) -> None:
+def _named_verbs(kind: str, model: str, path: str, example: str) -> None:
     """list / show / exists / destroy for a kind whose objects are named in the URL."""
-    @command(kind, "list")
+    name = ("NAME", f"the {model}'s name")
+
+    @command(kind, "list", summary=f"List the {kind}", example=f"drpcli {kind} list")
     def _list(client, args):
         return client.json("GET", path)
 
-    @command(kind, "show")
+    @command(kind, "show", "NAME", summary=f"Show one {model}", arguments=(name,),
+             example=f"drpcli {kind} show {example}")
     def _show(client, args):
         need(args, 1, f"{kind} show NAME")
         return client.json("GET", f"{path}/{args[0]}")
 
-    @command(kind, "exists")
+    @command(kind, "exists", "NAME",
+             summary=f"Exit 0 if a {model} exists, else say 404 and exit 1",
+             arguments=(name,), example=f"drpcli {kind} exists {example}")
     def _exists(client, args):
         need(args, 1, f"{kind} exists NAME")
         client.request("HEAD", f"{path}/{args[0]}")
 
-    @command(kind, "destroy")
+    @command(kind, "destroy", "NAME", summary=f"Remove a {model}", arguments=(name,),
+             example=f"drpcli {kind} destroy {example}")
     def _destroy(client, args):
         need(args, 1, f"{kind} destroy NAME")
         client.json("DELETE", f"{path}/{args[0]}")
         return f"Deleted {model} {args[0]}"
 
 
-_named_verbs("contents", "content", "/contents")
+_named_verbs("contents", "content", "/contents", "my-content")
 
 
 # ---- plugin providers ------------------------------------------------------------------------
-@command("plugin_providers", "upload")
+PROVIDER = ("NAME", "the plugin provider's name")
+describe("plugin_providers", "Plugin provider binaries the server runs plugins with")
+
+
+@command("plugin_providers", "upload", "NAME from FILE",
+         summary="Upload a plugin provider binary",
+         arguments=(PROVIDER, ("FILE", "the local binary, or - for stdin")),
+         example="drpcli plugin_providers upload ipmi from ./ipmi")
 def _provider_upload(client, args):
     usage = "plugin_providers upload NAME from FILE"
     if len(args) != 3 or args[1] != "from":
@@ -243,11 +287,14 @@ def _provider_upload(client, args):
     return upload(client, f"/plugin_providers/{args[0]}", args[2])
 
 
-@command("plugin_providers", "download")
+@command("plugin_providers", "download", "NAME [to DEST]",
+         summary="Download a plugin provider binary, checking the server's sha256",
+         arguments=(PROVIDER, ("DEST", "the local file, or - for stdout; default: NAME")),
+         example="drpcli plugin_providers download ipmi to ./ipmi")
 def _provider_download(client, args):
     usage = "plugin_providers download NAME [to DEST]"
     need(args, 1, usage)
     download(client, f"/plugin_providers/{args[0]}/binary", _keyword(args, "to", args[0], usage))
 
 
-_named_verbs("plugin_providers", "plugin_provider", "/plugin_providers")
+_named_verbs("plugin_providers", "plugin_provider", "/plugin_providers", "ipmi")

@@ -4,105 +4,33 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-
-import jsonpatch
 
 # httpx imports its own command line (click and rich, about 0.1 s) whenever those are installed;
 # drpcli never uses it and every run would pay for it. A None entry makes that import fail, and
 # httpx then goes without (its `except ImportError` fallback).
 sys.modules.setdefault("httpx._main", None)
 
-from drp.cli import blobs  # noqa: E402,F401  (registers the file, ISO, log and bundle verbs)
+from drp.cli import blobs, objects  # noqa: E402,F401  (register their verbs)
 from drp.cli.client import CliError, Client  # noqa: E402
-from drp.cli.commands import COMMANDS, command, need  # noqa: E402
-from drp.models import KINDS  # noqa: E402
+from drp.cli.commands import GLOBAL_FLAGS, HELP_FLAGS, command, describe, lookup, need  # noqa: E402
+from drp.cli.help import help_text  # noqa: E402
 
-USAGE = """usage: drpcli [-E ENDPOINT] [-U USER] [-P PASSWORD] [-T TOKEN] KIND VERB [ARGS...]
-
-  info get
-  users token NAME [ttl DURATION]        users password NAME PASSWORD
-  system active|passive
-  KIND list [Field=value ...] | show KEY | exists KEY | create JSON | update KEY JSON
-       | patch KEY PATCH | destroy KEY
-  files|isos upload SRC [as DEST] | download SRC [to DEST] | list [PATH] | exists PATH | destroy PATH
-  jobs log UUID | jobs log-append UUID FILE|-
-  contents upload FILE | list | show NAME | destroy NAME
-  plugin_providers upload NAME from FILE | list | show NAME | destroy NAME
-JSON may be literal JSON, a file name, or - for stdin.
-Environment: RS_ENDPOINT, RS_KEY (user:password), RS_TOKEN.
-KINDS: """ + " ".join(sorted(KINDS))
-
-def read_json(arg: str):
-    if arg == "-":
-        text = sys.stdin.read()
-    elif not arg.lstrip().startswith(("{", "[")) and Path(arg).is_file():
-        text = Path(arg).read_text()
-    else:
-        text = arg
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise CliError(f"not valid JSON ({e}): {text[:80]!r}") from None
+describe("info", "What the server says about itself (version, ports, HA state)")
+describe("system", "This node's HA role (the node at the endpoint, not the VIP's)")
 
 
-def merge(current, changes):
-    """RFC 7396 JSON merge: drpcli's `update` semantics (null removes a field)."""
-    if not isinstance(changes, dict):
-        return changes
-    out = dict(current) if isinstance(current, dict) else {}
-    for key, value in changes.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge(out.get(key), value)
-    return out
-
-
-def generic(client: Client, kind: str, verb: str, args: list[str]):
-    k = KINDS[kind]
-    if verb == "list":
-        params = dict(a.split("=", 1) for a in args if "=" in a)
-        return client.json("GET", f"/{kind}", params=params)
-    if verb == "show":
-        need(args, 1, f"{kind} show KEY")
-        return client.json("GET", f"/{kind}/{args[0]}")
-    if verb == "exists":
-        need(args, 1, f"{kind} exists KEY")
-        client.request("HEAD", f"/{kind}/{args[0]}")
-        return None
-    if verb == "create":
-        need(args, 1, f"{kind} create JSON")
-        try:
-            body = read_json(args[0])
-        except CliError:
-            if args[0] == "-" or args[0].lstrip().startswith(("{", "[")):
-                raise
-            body = args[0]  # not JSON and not a file: a bare key
-        if isinstance(body, str):  # `drpcli profiles create foo` creates by key alone
-            body = {k.key: body}
-        return client.json("POST", f"/{kind}", body)
-    if verb == "update":
-        need(args, 2, f"{kind} update KEY JSON")
-        current = client.json("GET", f"/{kind}/{args[0]}")
-        patch = jsonpatch.make_patch(current, merge(current, read_json(args[1])))
-        return client.json("PATCH", f"/{kind}/{args[0]}", list(patch))
-    if verb == "patch":
-        need(args, 2, f"{kind} patch KEY PATCH")
-        return client.json("PATCH", f"/{kind}/{args[0]}", read_json(args[1]))
-    if verb == "destroy":
-        need(args, 1, f"{kind} destroy KEY")
-        client.json("DELETE", f"/{kind}/{args[0]}")
-        return f"Deleted {k.model} {args[0]}"
-    raise CliError(f"unknown verb {verb!r} for {kind}; see drpcli --help")
-
-
-@command("info", "get")
+@command("info", "get", summary="Show the server's info: id, version, ports, HA role and status",
+         example="drpcli info get")
 def _info(client, args):
     return client.json("GET", "/info")
 
 
-@command("users", "token")
+@command("users", "token", "NAME [ttl DURATION]",
+         summary="Issue a token for a user (a superuser may ask for anyone's)",
+         arguments=(("NAME", "the user the token logs in as"),
+                    ("DURATION", "how long it is valid: seconds or 30s, 10m, 3h, 7d, 3y, 1h30m "
+                                 "(default 3600; at most --max-token-ttl)")),
+         example="drpcli users token rocketskates ttl 3y | jq -r .Token")
 def _token(client, args):
     need(args, 1, "users token NAME [ttl DURATION]")
     params = {}
@@ -116,26 +44,41 @@ def _token(client, args):
     return client.json("GET", f"/users/{args[0]}/token", params=params)
 
 
-@command("users", "password")
+@command("users", "password", "NAME PASSWORD", summary="Set a user's password",
+         arguments=(("NAME", "the user"), ("PASSWORD", "the new password")),
+         example="drpcli users password rocketskates 'a-better-password'")
 def _password(client, args):
     need(args, 2, "users password NAME PASSWORD")
     return client.json("PUT", f"/users/{args[0]}/password", {"password": args[1]})
 
 
-@command("system", "active")
+@command("system", "active",
+         summary="Make this node the HA active (it takes the VIP) and print its info",
+         example="drpcli -E https://10.0.0.2:8092 system active")
 def _active(client, args):
     return client.json("POST", "/system/active")
 
 
-@command("system", "passive")
+@command("system", "passive",
+         summary="Make this node an HA passive (it gives up the VIP) and print its info",
+         example="drpcli system passive")
 def _passive(client, args):
     return client.json("POST", "/system/passive")
 
 
+@command("system", "forget-pin", "DRP_ID",
+         summary="On a passive: forget the TLS certificate pinned for active DRP_ID",
+         arguments=(("DRP_ID", "the drp-id of the active whose certificate changed"),),
+         example="drpcli -E https://10.0.0.3:8092 system forget-pin node-a")
+def _forget_pin(client, args):
+    need(args, 1, "system forget-pin DRP_ID")
+    return client.json("DELETE", f"/system/ha/pins/{args[0]}")
+
+
 def parse_globals(argv: list[str]) -> tuple[dict, list[str]]:
-    flags = {"-E": "endpoint", "--endpoint": "endpoint", "-U": "username",
-             "--username": "username", "-P": "password", "--password": "password",
-             "-T": "token", "--token": "token"}
+    flags = {}
+    for flag in GLOBAL_FLAGS:
+        flags[flag.short] = flags[flag.long] = flag.option
     opts, rest = {}, []
     i = 0
     while i < len(argv):
@@ -155,22 +98,18 @@ def parse_globals(argv: list[str]) -> tuple[dict, list[str]]:
 
 
 def run(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
     opts, rest = parse_globals(argv)
+    # `drpcli`, `drpcli help [KIND [VERB]]` and -h/--help anywhere answer help, as cobra's does
+    if not argv or rest[:1] == ["help"] or any(a in HELP_FLAGS for a in rest):
+        words = [a for a in rest[rest[:1] == ["help"]:] if a not in HELP_FLAGS]
+        print(help_text(words[:2]))
+        return 0
     if len(rest) < 2:
         raise CliError("need KIND VERB; see drpcli --help")
-    kind, verb, args = rest[0], rest[1], rest[2:]
+    cmd = lookup(rest[0], rest[1])
     client = Client(**opts)
     try:
-        fn = COMMANDS.get((kind, verb))
-        if fn is not None:
-            out = fn(client, args)
-        elif kind in KINDS:
-            out = generic(client, kind, verb, args)
-        else:
-            raise CliError(f"unknown command {kind} {verb}; see drpcli --help")
+        out = cmd.fn(client, rest[2:])
     finally:
         client.close()
     if isinstance(out, str):

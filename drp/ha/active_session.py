@@ -24,7 +24,7 @@ from drp.ha.messages import (FULL, Ack, Heartbeat, Handover, Hello, Message, Pro
 from drp.ha.protocol import ActiveTracker, busy_refusal, check_hello, plan_sync
 from drp.ha.session_events import (Announced, Event, InSync, Refused, Send, Streaming,
                                    TakeSnapshot)
-from drp.store.wire import entries_frame
+from drp.store.wire import entries_frame, puts_blob
 
 BATCH_BYTES = 4 << 20  # keep frames well under the passive's message limit
 
@@ -121,15 +121,16 @@ class ActiveSession:
             raise ProtocolError(f"passive {self.passive_id} needs seq {self.sent_seq + 1}, "
                                 "which the log no longer holds (--ha-log-retention); it will "
                                 "reconnect for a full catch-up")
-        texts, size = [], 0
+        texts, size, slow = [], 0, False
         for seq, text in batch:
             size += len(text)
             if texts and size > BATCH_BYTES:
                 break
             texts.append(text)
+            slow = slow or puts_blob(text)
             self.sent_seq = seq
         frame = entries_frame(texts, max(head, self.sent_seq))
-        self.tracker.on_sent(self.passive_id, self.sent_seq, now)
+        self.tracker.on_sent(self.passive_id, self.sent_seq, now, slow)
         return [Send(frame)]
 
     def idle(self, now: float, wall_time: float) -> list[Event]:

@@ -4,6 +4,8 @@ The snapshot's own `blobs` table is the manifest (path, size, sha256). A blob we
 with the same sha256 is kept; one fetched earlier by an interrupted catch-up is recognised from
 the sha256 we noted for it (by size and mtime), so a restart never re-copies finished blobs.
 Files the manifest does not list are removed. The snapshot is installed last, atomically.
+A divergent node (its own entries would be dropped) first keeps its own data in a backup
+(drp/ha/backup.py): its database, and the files that would be replaced or removed, moved there.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import trio
 
 from drp.blob import storage
 from drp.blob.files import BlobFiles
+from drp.ha import backup as join_backup
 from drp.ha.transfer import Gone
 from drp.store import snapshot
 
@@ -78,6 +81,8 @@ class LocalBlobs:
 
 async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     store, base = node.store, node.cfg.base_root
+    # Before anything of ours is replaced; a resumed catch-up finds the one it made.
+    kept = await join_backup.open_backup(store, base) if divergent else None
     snap_path = base / "ha" / f"snapshot-{snap.seq}.db"
     progress.phase = "catch-up (snapshot)"
     progress.bytes_total = snap.size
@@ -104,6 +109,12 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
         return need
     # Largest first, so the last fetches to finish are small ones and every slot stays busy.
     need = sorted(await trio.to_thread.run_sync(plan), key=lambda n: -n[1])
+    listed = {m[0] for m in manifest}
+    if kept is not None:  # what the fetches would replace and the active lacks: moved aside
+        extra = (await trio.to_thread.run_sync(local.on_disk)) - listed
+        await trio.to_thread.run_sync(kept.keep, sorted({n[0] for n in need} | extra))
+        await kept.files_kept(store)
+        log.info("%s", await trio.to_thread.run_sync(kept.summary))
     progress.phase = "catch-up (files)"
     progress.bytes_total += sum(n[1] for n in need)
     log.info("catch-up: snapshot at seq %d with %d objects and %d blobs; fetching %d blobs "
@@ -126,7 +137,6 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     async with trio.open_nursery() as nursery:
         for item in need:
             nursery.start_soon(fetch_one, *item)
-    listed = {m[0] for m in manifest}
     extra = sorted((await trio.to_thread.run_sync(local.on_disk)) - listed)
     files = BlobFiles(base)
     for path in extra:
@@ -137,6 +147,7 @@ async def full_catchup(node, fetcher, snap, progress, divergent: bool) -> None:
     progress.phase = "catch-up (installing)"
     install_began = time.monotonic()
     await store.install_snapshot(snap_path)
+    await join_backup.catch_up_installed(store)
     progress.objects_done = objects
     snap_path.unlink(missing_ok=True)
     done = time.monotonic()

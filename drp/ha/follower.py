@@ -24,9 +24,10 @@ from drp.ha import protocol as p
 from drp.ha.bulkget import pinned_context
 from drp.ha.catchup import full_catchup, remove_orphans
 from drp.ha.passive_session import PassiveSession
-from drp.ha.session_events import (Apply, FetchSnapshot, HandedOver, InSync, Lagging, Refused,
-                                   Send, Stalled, Welcomed)
-from drp.ha.transfer import Gone, Progress
+from drp.ha.progress import Progress
+from drp.ha.session_events import (Apply, FetchSnapshot, HandedOver, InSync, Refused, Send,
+                                   Stalled, Welcomed)
+from drp.ha.transfer import Gone
 from drp.metrics import APPLIED_SEQ, LAG_ENTRIES, LAG_SECONDS
 from drp.platform_id import goarch, goos
 
@@ -41,6 +42,8 @@ REFUSED_RETRY = 30.0  # a refusal someone must fix: token, ha-id, version, platf
 # close (the node restarted, or its network blinked); that ends within seconds.
 BUSY_RETRY = 5.0
 REFUSED = "Refused"  # ha_status while the active refuses this node
+RAN_STANDALONE = "ran_standalone"  # a `local` row: this node has served without HA
+NO_ACTIVE_AFTER = 30.0  # following nobody this long: say once what the operator can do
 
 
 class Channel(Protocol):
@@ -92,6 +95,21 @@ def websocket_connect(join_url: str, ha_token: str) -> Connect:
     return connect
 
 
+def pin_key(active_id: str) -> str:
+    """The `local` row holding the certificate this node pinned for an active."""
+    return f"pin:{active_id}"
+
+
+def _normal_close(exc: BaseException) -> bool:
+    """The peer closed the connection in an orderly way (websocket close 1000, end of
+    channel), not a network or protocol failure."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_normal_close(e) for e in exc.exceptions)
+    if isinstance(exc, trio_websocket.ConnectionClosed):
+        return getattr(exc.reason, "code", None) == 1000
+    return isinstance(exc, trio.EndOfChannel)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
@@ -108,11 +126,18 @@ class Follower:
         self.connect, self.fetcher, self.clock = connect, fetcher, clock
         self.files = BlobFiles(self.cfg.base_root)
         self.session: PassiveSession | None = None  # the current connection's
-        self.last_session: PassiveSession | None = None  # kept after it ends (drain reports it)
+        # the last session that got a welcome, kept after it ends (drain and the no-active line
+        # report from it)
+        self.last_session: PassiveSession | None = None
         self.ha_status = p.CONNECTING
         self.active_id = ""
         self.reason = ""  # why the active refuses us, for operators
+        self._lost_at, self._said_no_active = clock(), False  # following nobody since
         self.welcomed = False  # the current session got a welcome
+        self.progress: Progress | None = None  # the current connection's replay
+        # Set once this follower follows, or has said why it cannot (its first attempt ended):
+        # the node is ready (systemd READY=1) from then on.
+        self.first_attempt = trio.Event()
         self.reconciled = False  # blob files checked against the rows (see remove_orphans)
         self._progress = trio.Event()  # set after every message handled while streaming
 
@@ -140,43 +165,114 @@ class Follower:
 
     async def run(self) -> None:
         """Follow forever: reconnect with capped backoff; refused → retry slowly."""
-        backoff = 0.2
         try:
             await self.fetcher.sweep_staged()
-            while True:
-                self.welcomed = False
-                try:
-                    async with self.connect() as channel:
-                        await self._follow(channel)
-                except RefusedError as r:
-                    if r.code == "not_active":  # the VIP is changing hands: retry soon
-                        log.info("%s is not the active (yet): %s; retrying in %.1fs",
-                                 self.cfg.join_url, r.reason, backoff)
-                        await trio.sleep(backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX)
-                        continue
-                    self.reason, self.ha_status = r.reason, REFUSED
-                    self._status(f"passive: refused by the active: {r.reason}")
-                    retry = BUSY_RETRY if r.code == "busy" else REFUSED_RETRY
-                    log.error("the active refused this node (%s): %s; retrying in %.0fs",
-                              r.code, r.reason, retry)
-                    await trio.sleep(retry)
-                    continue
-                except Exception as e:  # noqa: BLE001 — every failure means: reconnect
-                    log.warning("replication from %s: %s; reconnecting in %.1fs",
-                                self.cfg.join_url, _describe(e), backoff)
-                finally:
-                    self.session = None
-                    self._progressed()
-                if self.welcomed:  # a session that got going: reconnect promptly
-                    backoff = 0.2
-                self.ha_status = p.CONNECTING
-                self._status(f"passive: connecting to {self.cfg.join_url}")
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_loop)
+                await self._reconnect_loop()
         finally:
             with trio.CancelScope(shield=True):
                 await self.fetcher.aclose()
+
+    async def _reconnect_loop(self) -> None:
+        backoff = 0.2
+        self._lost_at, self._said_no_active = self.clock(), False
+        while True:
+            self.welcomed = False
+            try:
+                async with self.connect() as channel:
+                    await self._follow(channel)
+            except RefusedError as r:
+                self.first_attempt.set()
+                if r.code == "not_active":  # the VIP is changing hands: retry soon
+                    log.info("%s is not the active (yet): %s; retrying in %.1fs",
+                             self.cfg.join_url, r.reason, backoff)
+                    self._say_if_no_active()
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                self.reason, self.ha_status = r.reason, REFUSED
+                retry = BUSY_RETRY if r.code == "busy" else REFUSED_RETRY
+                if r.code == "certificate":  # this node refuses the active, not the other way
+                    self._status(f"passive: refusing the active: {r.reason}")
+                    log.error("refusing the active at %s: %s; retrying in %.0fs",
+                              self.cfg.join_url, r.reason, retry)
+                else:
+                    self._status(f"passive: refused by the active: {r.reason}")
+                    log.error("the active refused this node (%s): %s; retrying in %.0fs",
+                              r.code, r.reason, retry)
+                await trio.sleep(retry)
+                continue
+            except Exception as e:  # noqa: BLE001 — every failure means: reconnect
+                self.first_attempt.set()
+                if self.welcomed:
+                    self._lost_at = self.clock()
+                backoff = self._ended(e, backoff)
+            finally:
+                self.session = self.progress = None
+                self._progressed()
+            if self.welcomed:  # a session that got going: reconnect promptly
+                backoff, self._said_no_active = 0.2, False
+            else:
+                self._say_if_no_active()
+            self.ha_status = p.CONNECTING
+            self._status(f"passive: connecting to {self.cfg.join_url}")
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _ended(self, e: Exception, backoff: float) -> float:
+        """Say why the connection ended, in the words it deserves; returns the backoff."""
+        session = self.session
+        if session is not None and session.final_head is not None:
+            log.info("the active handed over at seq %d and closed the stream; following "
+                     "whoever takes %s next", session.final_head, self.cfg.join_url)
+            return 0.2
+        if self.welcomed and _normal_close(e):
+            log.info("the active closed the replication stream (it is stopping or switching); "
+                     "reconnecting in %.1fs", backoff)
+            return backoff
+        log.warning("replication from %s: %s; reconnecting in %.1fs", self.cfg.join_url,
+                    _describe(e), backoff)
+        if isinstance(e, trio_websocket.HandshakeError):
+            # A server answered: the active is (coming) up; do not let the doubling make it
+            # wait the longest backoff.
+            return min(backoff, 0.5)
+        return backoff
+
+    def _say_if_no_active(self) -> None:
+        """Following nobody for NO_ACTIVE_AFTER: say once what the operator can do."""
+        for_s = self.clock() - self._lost_at
+        if not self._said_no_active and for_s >= NO_ACTIVE_AFTER:
+            self._said_no_active = True
+            log.warning("%s", self._no_active(for_s))
+
+    def _no_active(self, for_s: float) -> str:
+        last = self.last_session
+        if last is not None and last.state == p.IN_SYNC:
+            mine = (f"This node is electable: it was In-Sync with {self.active_id} at seq "
+                    f"{last.applied_seq} when the connection ended")
+        elif last is not None and last.active_drp_id:
+            mine = (f"This node is not electable: it was at seq {last.applied_seq}, "
+                    f"{last.lag_entries} entries behind {self.active_id}; promote an In-Sync "
+                    "passive")
+        else:
+            mine = "This node has not synced with an active since it started: it is not electable"
+        return (f"no active at {self.cfg.join_url} for {for_s:.0f}s; if it is down, promote an "
+                "electable passive: `drpcli system active` against that node (or `systemctl "
+                f"kill -s USR1 dr-provision` on it). {mine}")
+
+    async def _report_loop(self) -> None:
+        """Catch-up progress every few seconds while Syncing, also while a long batch (an ISO,
+        say) is being fetched and nothing else happens on the connection."""
+        while True:
+            await trio.sleep(1.0)
+            session, progress = self.session, self.progress
+            if session is None or progress is None:
+                continue
+            for _ in session.report(self.clock()):
+                text, status = progress.replay_line(session.applied_seq, session.head)
+                log.info("%s", text)
+                self._status(status)
 
     async def _hello(self) -> p.Hello:
         history = tuple(p.HistoryEntry(*h) for h in await self.store.history())
@@ -186,8 +282,9 @@ class Follower:
 
     # ---- the read loop --------------------------------------------------------------------
     async def _follow(self, channel: Channel) -> None:
-        session = self.session = self.last_session = PassiveSession(await self._hello(),
-                                                                    self.clock())
+        hello = await self._hello()
+        session = self.session = PassiveSession(hello, self.clock())
+        self.progress = Progress(self._status, start_seq=hello.seq)
         await self._carry_out(channel, session, session.start())
         while True:
             deadline = session.deadline
@@ -216,9 +313,7 @@ class Follower:
                 await self._carry_out(channel, session,
                                       session.snapshot_installed(ev.snapshot.seq, self.clock()))
             elif isinstance(ev, Apply):
-                # Apply what was received even if the role is being switched right now.
-                with trio.CancelScope(shield=True):
-                    await self._apply(ev.entries)
+                await self._apply(ev.entries)
                 await self._carry_out(channel, session,
                                       session.applied(ev.entries[-1]["seq"], self.clock()))
             elif isinstance(ev, InSync):
@@ -227,10 +322,6 @@ class Follower:
                 self._status(f"passive: in sync with active {self.active_id}")
             elif isinstance(ev, HandedOver):
                 log.info("the active is handing over; its last entry is seq %d", ev.final_head)
-            elif isinstance(ev, Lagging):
-                log.info("streaming: applied seq %d of %d (%d behind)", ev.applied, ev.head,
-                         ev.behind)
-                self._status(f"passive: syncing, {ev.behind} entries behind")
             elif isinstance(ev, Stalled):
                 raise p.ProtocolError(ev.reason)
         APPLIED_SEQ.set(session.applied_seq)
@@ -243,18 +334,31 @@ class Follower:
 
     async def _welcomed(self, channel: Channel, msg: p.Welcome) -> None:
         await self._check_pin(channel, msg.drp_id)
+        self.last_session = self.session
         self.fetcher.use_static(msg.static_port)
         self.welcomed = True
+        self.first_attempt.set()
         self.active_id, self.reason, self.ha_status = msg.drp_id, "", p.SYNCING
         if msg.mode == p.FULL:
-            if msg.divergent:
+            if msg.divergent and await self.store.local_get(RAN_STANDALONE):
+                log.warning("this node ran standalone before it joined the cluster: its %d "
+                            "change-log entries are not in the cluster's history, so they are "
+                            "replaced by a full copy from active %s (this node's own data is "
+                            "kept in a backup, named below)", msg.divergent, msg.drp_id)
+            elif msg.divergent:
                 log.warning("this node holds %d change-log entries that the active's history "
                             "lacks (written while it was active and never replicated); "
                             "dropping them and taking a full catch-up", msg.divergent)
             log.info("connected to active %s: full catch-up", msg.drp_id)
         else:
-            log.info("connected to active %s: resuming from seq %d (active head %d)",
-                     msg.drp_id, self.store.head + 1, msg.head)
+            here = self.store.head
+            if here >= msg.head:
+                log.info("connected to active %s: this node has its head, seq %d; streaming "
+                         "what follows", msg.drp_id, msg.head)
+            else:
+                log.info("connected to active %s: this node is at seq %d, %d behind its head "
+                         "%d; replaying from seq %d", msg.drp_id, here, msg.head - here,
+                         msg.head, here + 1)
             if not self.reconciled:  # once per role: only a crash leaves such files
                 await remove_orphans(self.node)
                 self.reconciled = True
@@ -264,17 +368,18 @@ class Follower:
         if cert is None:
             return
         fingerprint = hashlib.sha256(cert).hexdigest()
-        key = f"pin:{active_id}"
+        key = pin_key(active_id)
         pinned = await self.store.local_get(key)
         if pinned is None:
             await self.store.local_set(key, fingerprint)
             log.info("pinned the TLS certificate of active %s (sha256 %s)", active_id,
                      fingerprint[:16])
         elif pinned != fingerprint:
+            here = f"https://{self.cfg.static_ip or '<this node>'}:{self.cfg.api_port}"
             raise RefusedError(
                 f"the TLS certificate of active {active_id} changed (pinned sha256 "
-                f"{pinned[:16]}…, now {fingerprint[:16]}…): if that is expected, remove the "
-                f"pin with `sqlite3 {self.store.path} \"DELETE FROM local WHERE name='{key}'\"`",
+                f"{pinned[:16]}…, now {fingerprint[:16]}…): if that is expected, forget the "
+                f"pin on this node: `drpcli -E {here} system forget-pin {active_id}`",
                 "certificate")
         self.fetcher.set_fingerprint(fingerprint)  # bulk downloads: this server only
 
@@ -283,6 +388,7 @@ class Follower:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(progress.log_loop)
             await full_catchup(self.node, self.fetcher, snap, progress, divergent)
+            await self.store.local_set(RAN_STANDALONE, "")  # its data is the cluster's now
             nursery.cancel_scope.cancel()
         text, _ = progress.line()
         log.info("catch-up done: %s", text)
@@ -291,20 +397,16 @@ class Follower:
     async def _apply(self, entries: list[dict]) -> None:
         """Bytes first (blobs, job-log appends), then the rows. Every blob the batch puts is
         fetched before anything changes on disk: when a fetch fails (the active went away
-        mid-batch, its last entries maybe lost with it), no file is left without its row, nor
-        a file replaced by the bytes of an entry this node never applied. From the first
-        change on disk to the commit of the rows the paths are held in the blob gate, as on
-        the active, so a reader here never pairs a row with bytes it does not describe."""
+        mid-batch, its last entries maybe lost with it) or is cancelled (a stop: its partial
+        file stays, to be resumed), no file is left without its row, nor a file replaced by
+        the bytes of an entry this node never applied. From the first change on disk to the
+        commit of the rows the batch is shielded from cancellation, and the paths are held in
+        the blob gate, as on the active, so a reader here never pairs a row with bytes it does
+        not describe."""
         staged: dict[int, Path | str | None] = {}  # seq of a blob put -> staged file | GONE
-        touched: set[str] = set()  # blob paths an earlier entry of this batch puts or deletes
         try:
-            for entry in entries:
-                if entry["kind"] == "blob":
-                    if entry["action"] == "put":
-                        staged[entry["seq"]] = await self._stage_blob(
-                            entry["key"], entry["body"], entry["key"] in touched)
-                    touched.add(entry["key"])
-            with ExitStack() as held:
+            await self._stage(entries, staged)
+            with trio.CancelScope(shield=True), ExitStack() as held:
                 gate = gate_for(self.store)
                 for path in sorted({e["key"] for e in entries if e["kind"] in BYTES_KINDS}):
                     held.enter_context(gate.writing(path))
@@ -315,6 +417,35 @@ class Follower:
             for left in staged.values():  # a failed batch: nothing of it is put in place
                 if isinstance(left, Path):
                     left.unlink(missing_ok=True)
+
+    async def _stage(self, entries: list[dict], staged: dict) -> None:
+        """Fetch aside the bytes of every blob the batch puts that this node lacks (staged:
+        the file, or GONE when the active no longer has it, or None when we hold it already),
+        counted in the replay's progress."""
+        touched: set[str] = set()  # blob paths an earlier entry of this batch puts or deletes
+        need = []
+        for entry in entries:
+            if entry["kind"] != "blob":
+                continue
+            if entry["action"] == "put":
+                if entry["key"] in touched or not await self._held(entry["key"], entry["body"]):
+                    need.append(entry)
+                else:
+                    staged[entry["seq"]] = None
+            touched.add(entry["key"])
+        progress = self.progress
+        if progress is not None:
+            progress.files_total += len(need)
+            progress.bytes_total += sum(e["body"]["size"] for e in need)
+        for entry in need:
+            meta = entry["body"]
+            try:
+                staged[entry["seq"]] = (await self.fetcher.stage_blob(
+                    entry["key"], meta["sha256"], meta["size"], progress))[2]
+            except Gone:
+                staged[entry["seq"]] = GONE
+            if progress is not None:
+                progress.files_done += 1
 
     async def _apply_bytes(self, entry: dict, staged: dict) -> None:
         kind, key, body = entry["kind"], entry["key"], entry["body"]
@@ -328,17 +459,9 @@ class Follower:
         elif kind == "joblog":
             await trio.to_thread.run_sync(self.files.append, key, body["offset"], entry["data"])
 
-    async def _stage_blob(self, path: str, meta: dict, touched: bool) -> Path | str | None:
-        """The blob's bytes fetched aside (None: we hold them already; GONE: the active no
-        longer has the file, and its delete entry follows)."""
-        if not touched:
-            have = await self.store.blob(path)
-            target = self.files.target(path)
-            if have and have["sha256"] == meta["sha256"] and target.exists() and \
-                    target.stat().st_size == meta["size"]:
-                return None
-        try:
-            return (await self.fetcher.stage_blob(path, meta["sha256"], meta["size"]))[2]
-        except Gone:
-            return GONE
-
+    async def _held(self, path: str, meta: dict) -> bool:
+        """This node holds that version of the blob already (its row and file say so)."""
+        have = await self.store.blob(path)
+        target = self.files.target(path)
+        return bool(have and have["sha256"] == meta["sha256"] and target.exists()
+                    and target.stat().st_size == meta["size"])

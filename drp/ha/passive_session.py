@@ -11,8 +11,9 @@ feeding messages, with no network.
     s.start()                      → [Send(hello)]
     s.receive(msg, now)            → Welcomed / FetchSnapshot / Apply / HandedOver / Refused …
     s.snapshot_installed(seq, now) → [Send(snapshot_done), …]
-    s.applied(seq, now)            → [Send(ack), InSync?, Lagging?]
+    s.applied(seq, now)            → [Send(ack), InSync?]
     s.tick(now)                    → [Stalled] once nothing was heard for stall_timeout
+    s.report(now)                  → [Lagging] every report_every seconds while Syncing
 """
 from __future__ import annotations
 
@@ -93,7 +94,17 @@ class PassiveSession:
         while self._pending and self._pending[0][0] <= seq:
             self.epoch = self._pending.popleft()[2]
         self.applied_seq = seq
+        self._heard = now  # the driver waits again from now: applying was not the active's silence
         return [Send(encode(Ack(seq))), *self._after(now)]
+
+    def report(self, now: float) -> list[Event]:
+        """Progress, due every report_every seconds while Syncing (the driver asks on a timer
+        of its own, so that a batch that takes long to apply is reported while it applies)."""
+        if self.state == SYNCING and not self._awaiting_snapshot and \
+                now - self._reported >= self.report_every:
+            self._reported = now
+            return [Lagging(self.applied_seq, self.head, self.lag_entries)]
+        return []
 
     def tick(self, now: float) -> list[Event]:
         deadline = self.deadline
@@ -181,14 +192,9 @@ class PassiveSession:
         return entries
 
     def _after(self, now: float) -> list[Event]:
-        """In-Sync once per connection (so the realtime line is logged once per connection);
-        progress at most every report_every seconds while Syncing."""
+        """In-Sync once per connection (so the realtime line is logged once per connection)."""
         if self.state == SYNCING and not self._awaiting_snapshot and \
                 self.applied_seq >= self.head:
             self.state = IN_SYNC
             return [InSync(self.applied_seq)]
-        if self.state == SYNCING and not self._awaiting_snapshot and \
-                now - self._reported >= self.report_every:
-            self._reported = now
-            return [Lagging(self.applied_seq, self.head, self.lag_entries)]
         return []

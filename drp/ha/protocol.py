@@ -131,6 +131,7 @@ def is_promote_marker(entry: dict) -> bool:
 # --- active side ------------------------------------------------------------------------------
 
 JOINING = "Joining"  # internal: holds writes back, not yet electable; shown as Syncing
+DISCONNECTED = "Disconnected"  # its connection ended; kept in view until it reconnects
 
 
 @dataclass
@@ -139,8 +140,10 @@ class _Passive:
     address: str
     acked: int
     state: str
-    sends: deque = field(default_factory=deque)  # (seq, time) sent and not yet acked
+    # (seq, time, slow) sent and not yet acked; slow: the batch puts blobs to fetch
+    sends: deque = field(default_factory=deque)
     join_seq: int = 0  # JOINING: In-Sync once it acks this
+    since: str = ""  # DISCONNECTED: when (UTC, ISO 8601)
 
     @property
     def holds_writes(self) -> bool:
@@ -154,18 +157,23 @@ class ActiveTracker:
     waiting on must_wait_for(seq); call expire() periodically and after it recheck the waiters.
     """
 
-    def __init__(self, head: int = 0) -> None:
+    def __init__(self, head: int = 0, prompt: float = 1.0) -> None:
         self.head = head
+        # A Syncing passive holds writes back (joins) only while it acks promptly: nothing sent
+        # to it is older than this, and nothing it was sent has files to fetch first.
+        self.prompt = prompt
         self._passives: dict[str, _Passive] = {}
         # (head, commit time) since the lowest In-Sync ack: when an unsent entry became due
         self._commits: deque[tuple[int, float]] = deque()
 
     def __contains__(self, passive_id: str) -> bool:
-        return passive_id in self._passives
+        """Connected and tracked (a disconnected passive may connect again)."""
+        p = self._passives.get(passive_id)
+        return p is not None and p.state != DISCONNECTED
 
     def add(self, passive_id: str, address: str, start_seq: int) -> str:
         """start_seq: the first seq it still needs (1 for a full catch-up). Returns its state."""
-        if passive_id in self._passives:
+        if passive_id in self:
             raise ValueError(f"passive {passive_id} is already tracked")
         if start_seq - 1 > self.head:
             raise ValueError(f"start_seq {start_seq} is past head {self.head} + 1")
@@ -177,6 +185,15 @@ class ActiveTracker:
         self._passives.pop(passive_id, None)
         self._trim()
 
+    def disconnected(self, passive_id: str, since: str) -> None:
+        """Its connection ended: it holds no write back, and stays in view (state
+        Disconnected, since when) until it connects again."""
+        p = self._passives.get(passive_id)
+        if p is not None:
+            p.state, p.since = DISCONNECTED, since
+            p.sends.clear()
+            self._trim()
+
     def head_advanced(self, seq: int, now: float) -> None:
         if seq < self.head:
             raise ValueError(f"head went back from {self.head} to {seq}")
@@ -184,18 +201,26 @@ class ActiveTracker:
             self._commits.append((seq, now))
         self.head = seq
 
-    def on_sent(self, passive_id: str, seq: int, now: float) -> None:
-        """Entries up to seq were handed to this passive's connection."""
+    def on_sent(self, passive_id: str, seq: int, now: float, slow: bool = False) -> None:
+        """Entries up to seq were handed to this passive's connection (slow: they put blobs,
+        whose bytes it fetches before it can ack)."""
         p = self._passives[passive_id]
         if seq > self.head:
             raise ValueError(f"sent seq {seq} past head {self.head}")
         if seq > p.acked and (not p.sends or seq > p.sends[-1][0]):
-            p.sends.append((seq, now))
-        if p.state == SYNCING and seq >= self.head:
+            p.sends.append((seq, now, slow))
+        if p.state == SYNCING and seq >= self.head and self._prompt(p, now):
             # Caught up as of this send: writes committed from now on wait for it, so once it
             # acks seq it holds every acknowledged write and can be called In-Sync. (Waiting
             # for an ack of the moving head instead would never happen under steady load.)
+            # A passive still fetching files (an ISO of a batch it was sent) would hold every
+            # write back until the sync timeout dropped it again, once per write: it joins
+            # only once what it was sent can be acked promptly.
             p.state, p.join_seq = JOINING, seq
+
+    def _prompt(self, p: _Passive, now: float) -> bool:
+        return not any(slow for *_, slow in p.sends) and \
+            (not p.sends or now - p.sends[0][1] <= self.prompt)
 
     def on_ack(self, passive_id: str, seq: int, now: float) -> bool:
         """Also feed snapshot_done here. True when this ack (re)joins the passive to In-Sync.
@@ -251,5 +276,6 @@ class ActiveTracker:
         """For /api/v3/info ha_passive_state."""
         return [{"id": p.id, "address": p.address,
                  "state": SYNCING if p.state == JOINING else p.state,
-                 "electable": p.state == IN_SYNC, "lag": self.head - p.acked}
+                 "electable": p.state == IN_SYNC, "lag": self.head - p.acked,
+                 **({"since": p.since} if p.state == DISCONNECTED else {})}
                 for p in self._passives.values()]

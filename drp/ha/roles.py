@@ -23,7 +23,7 @@ import trio
 
 from drp import __version__
 from drp.ha.active_session import Local
-from drp.ha.follower import Connect, Follower
+from drp.ha.follower import RAN_STANDALONE, Connect, Follower
 from drp.ha.sender import Hub
 from drp.ha.vip_control import VipControl, VipError
 from drp.metrics import EPOCH, ROLE
@@ -58,8 +58,9 @@ class VipHold:
         self.ready, self.sent, self.used = ready, trio.Event(), False
 
 
-def _ms(began: float, now: float) -> str:
-    return f"{(now - began) * 1000:.0f} ms after the switch began"
+def _ms(began: float, now: float, switched: bool = True) -> str:
+    return f"{(now - began) * 1000:.0f} ms after the " + \
+        ("switch began" if switched else "node started taking the role")
 
 
 def passive_reason(node, active_id: str = "") -> str:
@@ -79,12 +80,19 @@ def _promote(drp_id: str):
 
 
 class _Role:
-    def __init__(self, node, seams: Seams, began: float):
+    def __init__(self, node, seams: Seams, began: float, switched: bool = True):
+        """began: when the switch (or, switched=False, the node's first role) was asked for."""
         self.node, self.cfg, self.store, self.seams = node, node.cfg, node.store, seams
-        self.began = began
+        self.began, self.switched = began, switched
         self._leave = trio.Event()
         self._hold: VipHold | None = None
         self._left = trio.Event()
+        # Serving in this role: the active once it accepts writes on the VIP, the passive once
+        # it follows or has said why it cannot (systemd's READY=1 waits for the first role's).
+        self.ready = trio.Event()
+
+    def _ms(self) -> str:
+        return _ms(self.began, self.seams.clock(), self.switched)
 
     async def leave(self, hold: VipHold | None = None) -> None:
         """Leave this role gracefully; returns once it has ended."""
@@ -96,8 +104,8 @@ class _Role:
 class ActiveRole(_Role):
     name = "active"
 
-    def __init__(self, node, seams: Seams, began: float):
-        super().__init__(node, seams, began)
+    def __init__(self, node, seams: Seams, began: float, switched: bool = True):
+        super().__init__(node, seams, began, switched)
         self.hub: Hub | None = None  # while serving passives
         self._status = RoleStatus("active", "Up", node.drp_id)
         self.vip_held = False
@@ -111,11 +119,14 @@ class ActiveRole(_Role):
         clock = self.seams.clock
         try:
             node.status_line("active: taking over")
-            log.info("active: stopped following at seq %d", store.head)
+            if self.switched:  # a node's first role followed nobody
+                log.info("active: stopped following at seq %d", store.head)
             epoch = await store.write(_promote(node.drp_id), internal=True)
+            if await store.local_get(RAN_STANDALONE):  # its data is the cluster's from now on
+                await store.local_set(RAN_STANDALONE, "")
             EPOCH.set(epoch)
             log.info("active: epoch %d begins at seq %d (%s)", epoch, store.head,
-                     _ms(self.began, clock()))
+                     self._ms())
             await self._take_vip()
             hub = self.hub = Hub(store, self._local(), self.cfg.base_root / "ha" / "snapshots",
                                  self.cfg.ha_sync_timeout, clock)
@@ -128,7 +139,8 @@ class ActiveRole(_Role):
                 store.accept_writes(hub.wait_synced)
                 ROLE.set(1)
                 node.status_line(f"active: serving on {vip.cidr} (epoch {epoch})")
-                log.info("active: accepting writes (%s)", _ms(self.began, clock()))
+                log.info("active: accepting writes (%s)", self._ms())
+                self.ready.set()
                 task_status.started(self)
                 await self._leave.wait()
                 await self._handover()
@@ -158,7 +170,7 @@ class ActiveRole(_Role):
         self.vip_held = True
         log.info("active: VIP %s added to %s%s (%s)", vip.cidr, vip.interface,
                  " by the interface script" if getattr(vip, "script", None) else "",
-                 _ms(self.began, self.seams.clock()))
+                 self._ms())
 
     async def _handover(self) -> None:
         cfg, store, hub, clock = self.cfg, self.store, self.hub, self.seams.clock
@@ -206,8 +218,8 @@ class ActiveRole(_Role):
 class PassiveRole(_Role):
     name = "passive"
 
-    def __init__(self, node, seams: Seams, began: float):
-        super().__init__(node, seams, began)
+    def __init__(self, node, seams: Seams, began: float, switched: bool = True):
+        super().__init__(node, seams, began, switched)
         self.follower = Follower(node, seams.connect, seams.fetcher(), seams.clock)
 
     def status(self) -> RoleStatus:
@@ -223,6 +235,7 @@ class PassiveRole(_Role):
             log.info("passive: following the active at %s", self.cfg.join_url)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.follower.run)
+                nursery.start_soon(self._ready_when_following)
                 task_status.started(self)
                 await self._leave.wait()
                 # A planned switch: take what a handing-over active still sends.
@@ -230,3 +243,7 @@ class PassiveRole(_Role):
                 nursery.cancel_scope.cancel()
         finally:
             self._left.set()
+
+    async def _ready_when_following(self) -> None:
+        await self.follower.first_attempt.wait()
+        self.ready.set()

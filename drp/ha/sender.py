@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -30,6 +31,10 @@ CLOSE_GRACE = 0.05  # after ending the sessions at a handover, before the VIP go
 HELLO_TIMEOUT = 10.0
 
 
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class Channel(Protocol):
     """One replication connection as the hub sees it: text frames both ways (quart's
     websocket, or a memory channel in the in-process tests)."""
@@ -44,7 +49,8 @@ class Hub:
                  clock: Callable[[], float] = time.monotonic):
         self.store, self.local, self.clock = store, local, clock
         self.sync_timeout = sync_timeout
-        self.tracker = p.ActiveTracker(head=store.head)
+        # a Syncing passive holds writes back once it acks within a quarter of the timeout
+        self.tracker = p.ActiveTracker(head=store.head, prompt=min(1.0, sync_timeout / 4))
         self._changed = trio.Event()
         self.snapshot_dir = snapshot_dir
         self.snapshots: dict[str, Path] = {}  # served at /api/v3/ha/snapshot/<id>
@@ -141,9 +147,14 @@ class Hub:
         """Run one replication session until it ends or the hub is closed. A ProtocolError
         (the passive sent something malformed or out of order) ends it with the reason."""
         session = ActiveSession(self.local, self.tracker, address)
-        if self.closed or self.final_head is not None:
-            await channel.send(p.encode(p.Refuse(f"{self.local.drp_id} is handing over to "
-                                                 "another node", "not_active")))
+        if self.closed or self.final_head is not None:  # its hello is answered not_active
+            session.handover_begun(self.store.head if self.final_head is None
+                                   else self.final_head)
+            with trio.move_on_after(HELLO_TIMEOUT):
+                hello = p.decode(await channel.receive())
+                for ev in session.hello(hello, Position((), 0, 0), self.clock()):  # refuses
+                    if isinstance(ev, Send):
+                        await channel.send(ev.frame)
             return
         with trio.CancelScope() as scope:
             self._sessions[scope] = session
@@ -152,7 +163,7 @@ class Hub:
             finally:
                 del self._sessions[scope]
                 if session.tracked and self.final_head is None:  # see begin_handover
-                    self.tracker.remove(session.passive_id)
+                    self.tracker.disconnected(session.passive_id, _utc_now())
                 self._wake()
                 if session.passive_id:
                     log.info("passive %s at %s disconnected", session.passive_id, address)

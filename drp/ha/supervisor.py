@@ -77,6 +77,7 @@ class Supervisor:
         self.role: ActiveRole | PassiveRole | None = None  # the current (or last) role
         self.switching: str | None = None  # the role a switch in progress is heading for
         self.refusal = ""  # why the last switch did not happen (cleared by the next role)
+        self._role_taken = trio.Event()  # the first role is in place
 
     # ---- what the node sees ---------------------------------------------------------------
     def status(self) -> RoleStatus:
@@ -114,12 +115,20 @@ class Supervisor:
             while True:
                 request = await self._hold_role(request)
 
+    async def serving(self) -> None:
+        """Until the first role serves (the node's READY=1): the active once it accepts writes
+        on the VIP, the passive once it follows or has said why it cannot."""
+        while self.role is None:
+            await self._role_taken.wait()
+        await self.role.ready.wait()
+
     async def _hold_role(self, request: Request) -> Request:
         """Take request.role, hold it until a switch away is asked for and allowed, leave
         it; returns that switch request."""
         async with trio.open_nursery() as slot:
             role = await self._start(slot, request.role, request.began)
             self.role, self.switching = role, None
+            self._role_taken.set()
             if request.done is not None:
                 request.done.set()
             nxt = await self._next_request(role.name)
@@ -132,11 +141,13 @@ class Supervisor:
         await trio.to_thread.run_sync(write_state, self.cfg.base_root, name == "passive")
         if name == "active":
             try:
-                return await slot.start(ActiveRole(self.node, self.seams, began).run)
+                return await slot.start(
+                    ActiveRole(self.node, self.seams, began, self.role is not None).run)
             except RoleFailed as e:
                 self.refusal = str(e)
                 await trio.to_thread.run_sync(write_state, self.cfg.base_root, True)
-        return await slot.start(PassiveRole(self.node, self.seams, began).run)
+        return await slot.start(
+            PassiveRole(self.node, self.seams, began, self.role is not None).run)
 
     async def _next_request(self, current: str) -> Request:
         while True:

@@ -13,7 +13,6 @@ import http.client
 import logging
 import os
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from drp.blob import storage
 from drp.blob.storage import hash_existing
 from drp.durable import fsync_dir
 from drp.ha.bulkget import Pool, PoolClosed
+from drp.ha.progress import Progress
 from drp.metrics import CATCHUP_BYTES
 
 log = logging.getLogger("drp.ha.transfer")
@@ -44,44 +44,6 @@ class TransferError(Exception):
 
 class Gone(TransferError):
     """The active no longer has the file (deleted after the snapshot); a later entry says so."""
-
-
-class Progress:
-    """Counts catch-up work and reports it: a log line every `every` seconds and the STATUS."""
-
-    def __init__(self, report, every: float = 5.0):
-        self.report = report  # fn(text): sd_notify STATUS and /api/v3/info
-        self.every = every
-        self.bytes_total = self.bytes_done = 0
-        self.objects_total = self.objects_done = 0
-        self.started = time.monotonic()
-        self.phase = "catching up"
-        self._lock = threading.Lock()  # fetch threads add to bytes_done
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.bytes_done += n
-
-    def line(self) -> tuple[str, str]:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = self.bytes_done / elapsed
-        pct = 100.0 * self.bytes_done / self.bytes_total if self.bytes_total else 100.0
-        left = self.bytes_total - self.bytes_done
-        eta = f"{left / rate:.0f}s" if rate > 0 and left > 0 else "0s"
-        gib = 1 << 30
-        text = (f"{self.phase}: objects {self.objects_done}/{self.objects_total}, bytes "
-                f"{self.bytes_done / gib:.2f}/{self.bytes_total / gib:.2f} GiB ({pct:.0f}%), "
-                f"{rate / 1e6:.1f} MB/s, ETA {eta}")
-        status = (f"passive: syncing {pct:.0f}% ({self.bytes_done / gib:.1f}/"
-                  f"{self.bytes_total / gib:.1f} GiB), ETA {eta}")
-        return text, status
-
-    async def log_loop(self) -> None:
-        while True:
-            await trio.sleep(self.every)
-            text, status = self.line()
-            log.info("%s", text)
-            self.report(status)
 
 
 class _PartialLocks:
@@ -133,6 +95,7 @@ class Fetcher:
         self.partial_dir = partial_dir
         self.client = Pool(base_url, {"Authorization": f"Bearer {token}"}, READ_TIMEOUT)
         self.static: Pool | None = None  # the active's static file server, when it has one
+        self._resumed: set[Path] = set()  # partial files a fetch resumed (said once each)
         self._static_usable = False  # cleared when it fails to answer, until the next session
         self._threads = 0  # fetch threads of this fetcher still running
         self._closing = False
@@ -208,13 +171,14 @@ class Fetcher:
         size, sha = await self.fetch(f"/api/v3/ha/blobs/{path}", dest, sha256, mode, progress)
         return size, sha, False
 
-    async def stage_blob(self, path: str, sha256: str, size: int) -> tuple[int, str, Path]:
+    async def stage_blob(self, path: str, sha256: str, size: int,
+                         progress: Progress | None = None) -> tuple[int, str, Path]:
         """Like fetch_blob, but leave the verified file under a name of its own in the partial
         directory: (size, sha256, path); put it in place later with install()."""
-        got = await self._from_static(path, None, (sha256, size), 0o644, None)
+        got = await self._from_static(path, None, (sha256, size), 0o644, progress)
         if got is not None:
             return got
-        return await self._fetch(f"/api/v3/ha/blobs/{path}", None, sha256, 0o644, None)
+        return await self._fetch(f"/api/v3/ha/blobs/{path}", None, sha256, 0o644, progress)
 
     async def _from_static(self, path: str, dest: Path | None, want: tuple[str, int],
                            mode: int, progress: Progress | None) -> tuple[int, str, Path] | None:
@@ -327,6 +291,10 @@ class Fetcher:
         if size and offset > size:
             partial.unlink()
             offset = 0
+        if offset and partial not in self._resumed:  # once per file, whichever port serves it
+            self._resumed.add(partial)
+            log.info("resuming %s: %.1f MiB of it already here%s", url,
+                     offset / 2**20, f" (of {size / 2**20:.1f} MiB)" if size else "")
         if size and offset == size:
             _count_held(partial, offset, hasher, progress)
             return hasher, ""

@@ -163,7 +163,7 @@ async def add_vip(interface: str, cidr: str, script: str | None = None) -> None:
     await trio.to_thread.run_sync(
         _netlink, f"adding VIP {ip}/{prefix}", interface,
         lambda ipr, idx: ipr.addr("replace", index=idx, address=ip, prefixlen=prefix))
-    log.info("VIP %s/%s added on %s", ip, prefix, interface)
+    log.debug("VIP %s/%s added on %s", ip, prefix, interface)  # the role says so
 
 
 async def remove_vip(interface: str, cidr: str, script: str | None = None) -> None:
@@ -174,7 +174,7 @@ async def remove_vip(interface: str, cidr: str, script: str | None = None) -> No
     await trio.to_thread.run_sync(
         _netlink, f"removing VIP {ip}/{prefix}", interface,
         lambda ipr, idx: _del(ipr, idx, ip, prefix))
-    log.info("VIP %s/%s removed from %s", ip, prefix, interface)
+    log.debug("VIP %s/%s removed from %s", ip, prefix, interface)  # the role says so
 
 
 # --- ARP -----------------------------------------------------------------------------------------

@@ -37,6 +37,16 @@ def manifest(snap: Path) -> tuple[list[tuple[str, int, str, int]], int]:
         conn.close()
 
 
+def counts(db: Path) -> tuple[int, int]:
+    """(change-log entries, objects) a database file holds."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return (conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0],
+                conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def install(conn: sqlite3.Connection, snap: Path) -> None:
     """Replace every replicated table with the snapshot's, in one transaction (the writer's
     connection, whose synchronous=FULL commit is durable when this returns)."""

@@ -149,6 +149,13 @@ class Store(StoreReads):
     async def local_set(self, name: str, value: str) -> None:
         await trio.to_thread.run_sync(self.local_set_sync, name, value)
 
+    def _local_delete_sync(self, name: str) -> None:
+        with self._local_lock:
+            self._local_conn.execute("DELETE FROM local WHERE name=?", (name,))
+
+    async def local_delete(self, name: str) -> None:
+        await trio.to_thread.run_sync(self._local_delete_sync, name)
+
     # ---- the write gate ---------------------------------------------------------------------
     def refuse_writes(self, reason: str) -> None:
         """From now on writes (but internal ones) raise WritesRefused(reason), those already

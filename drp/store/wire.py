@@ -38,6 +38,14 @@ def entries_frame(texts: list[str], head: int) -> str:
     return f'{{"type":"entries","items":[{",".join(texts)}],"head":{int(head)}}}'
 
 
+def puts_blob(text: str) -> bool:
+    """Whether an entry in wire form (as entry_text makes it: kind, key, action, then the
+    body) puts a blob, whose receiver fetches the bytes before it can apply it."""
+    kind = text.find('"kind":')
+    action = text.find('"action":', kind)
+    return text.startswith('"kind":"blob"', kind) and text.startswith('"action":"put"', action)
+
+
 def _show(value: Any) -> str:
     return repr(value)[:40]
 

@@ -14,22 +14,22 @@ cgroup namespace root), so two nodes' systemds never see or kill each other's se
 harness process dies, PR_SET_PDEATHSIG and `unshare --kill-child` take its nodes down with it.
 
     rootfs = ensure_rootfs()            # debootstrap once, cached in /var/cache/drp-system-test
-    wheels = build_wheelhouse()         # pip wheel of this repo + its dependencies, cached
+    archive = build_dist()              # `make dist`'s offline archive of this repo, cached
     with Lab() as lab:                  # tests/netns.py: namespaces on a bridge, 198.18.0.0/15
         host = lab.add_host("a", "198.18.0.11/24")
         with SystemdNode("a", netns=host.ns, rootfs=rootfs) as node:
-            install_drp(node, wheels, ha=HASettings(...))
+            install_drp(node, archive, ha=HASettings(...))
             node.systemctl("start", "dr-provision", check=True)
             print(node.journalctl("-u", "dr-provision"))
 
-Everything the harness makes lives under CACHE_DIR (rootfs, wheels; kept) and RUN_DIR (one
+Everything the harness makes lives under CACHE_DIR (rootfs, archives; kept) and RUN_DIR (one
 directory per node; removed at teardown), and in cgroup2 under "drp-systest/".  `cleanup_stale()`
 removes what a killed earlier run left behind; it runs before the first node of every process.
 
 This module is the front door (skip_reason() and the names tests use); the work is done in:
 hostutil (paths, processes, mounts, safe deletion), cache (build-once cache entries), cgroups,
 rootfs (the debootstrap), boot (a node's root, boot script and console), node (SystemdNode),
-stale (cleanup_stale), install (wheelhouse, install_drp) and hadropin (20-ha.conf).
+stale (cleanup_stale), install (build_dist, install_drp) and hadropin (20-ha.conf).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .cgroups import CGROUP_GROUP, cgroup2_mount
 from .hadropin import DROPIN_PATH, HASettings, render_ha_dropin, write_ha_dropin
 from .hostutil import (CACHE_DIR, CONTRIB, LOGS_DIR, NODES_DIR, REPO, RUN_DIR, HarnessUnavailable,
                        host_mounts, load_netns, mounts_under, wait_for, which)
-from .install import UNIT_PATH, build_wheelhouse, install_drp
+from .install import UNIT_PATH, build_dist, build_wheelhouse, install_drp
 from .node import NODE_ENV, NODE_PATH, NodeCommandError, NodeError, SystemdNode
 from .rootfs import (MIRROR, ROOTFS_MASKED_UNITS, ROOTFS_PACKAGES, ROOTFS_RECIPE, SUITE,
                      ensure_debootstrap, ensure_rootfs, rootfs_cached, rootfs_key)
@@ -54,7 +54,7 @@ __all__ = [
     "NODE_PATH", "NODE_ENV", "TMPFS_SIZE", "CONTAINER_NAME",
     "HarnessUnavailable", "NodeError", "NodeCommandError",
     "host_mounts", "mounts_under", "ensure_debootstrap", "skip_reason", "load_netns",
-    "rootfs_key", "ensure_rootfs", "build_wheelhouse", "overlay_supported", "copy_mode",
+    "rootfs_key", "ensure_rootfs", "build_dist", "build_wheelhouse", "overlay_supported", "copy_mode",
     "cleanup_stale", "SystemdNode", "HASettings", "render_ha_dropin", "DROPIN_PATH", "UNIT_PATH",
     "write_ha_dropin", "install_drp", "wait_for",
 ]
