@@ -1,6 +1,7 @@
 """dr-provision's claims: what a role grants, and whether a set of claims allows an action.
 
-A claim is {Scope, Action, Specific}; each field is a comma-separated list or "*". A user's
+A claim is {scope, action, specific} (dr-provision's Claim JSON; {Scope, Action, Specific} is read
+too, as drp stored it before issue 16); each field is a comma-separated list or "*". A user's
 claims are the union of its roles' claims, plus (as in dr-provision) the right to get itself,
 change its own password and get a token for itself. The superuser claim is */*/*.
 
@@ -16,7 +17,7 @@ from typing import Iterable
 Claim = tuple[frozenset | None, frozenset | None, frozenset | None]
 
 SUPERUSER_ROLE = "superuser"
-SUPERUSER_CLAIM = {"Scope": "*", "Action": "*", "Specific": "*"}
+SUPERUSER_CLAIM = {"scope": "*", "action": "*", "specific": "*"}
 # Roles the server knows without reading the store (so a node holding no users yet, or a store
 # from before roles existed, still has a superuser); they cannot be changed or removed.
 BUILTIN_ROLES = {
@@ -32,9 +33,14 @@ def _parts(text) -> frozenset | None:
     return None if "*" in items else frozenset(items)
 
 
+def claim_field(claim: dict, name: str):
+    """A claim's field by its JSON name (scope, action, specific), in either spelling."""
+    return claim.get(name, claim.get(name.capitalize()))
+
+
 def compile_claims(claims: Iterable[dict]) -> tuple[Claim, ...]:
-    return tuple((_parts(c.get("Scope")), _parts(c.get("Action")), _parts(c.get("Specific")))
-                 for c in claims if isinstance(c, dict))
+    return tuple((_parts(claim_field(c, "scope")), _parts(claim_field(c, "action")),
+                  _parts(claim_field(c, "specific"))) for c in claims if isinstance(c, dict))
 
 
 def user_claims(name: str, roles: Iterable[dict | None]) -> tuple[Claim, ...]:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 
 from drp import __version__, auth
 from drp.claims import BUILTIN_ROLES, SUPERUSER_ROLE
+from drp.modelvalues import complete, now_text
 from drp.config import Config
 from drp.platform_id import goarch, goos
 from drp.store.store import Store
@@ -106,15 +107,15 @@ def bootstrap(tx, drp_id: str) -> bool:
         tx.record("secrets", "token", "create", {"Name": "token", "Secret": auth.new_secret()})
         created = True
     if tx.get("roles", SUPERUSER_ROLE) is None:  # also for a store from before roles
-        tx.record("roles", SUPERUSER_ROLE, "create", {
-            **BUILTIN_ROLES[SUPERUSER_ROLE], "Params": {}, "Validated": True, "Available": True,
-            "Errors": [], "ReadOnly": False})
+        tx.record("roles", SUPERUSER_ROLE, "create", complete("roles", {  # the full model
+            **BUILTIN_ROLES[SUPERUSER_ROLE], "CreatedAt": now_text(),
+            "LastModifiedAt": now_text()}))
         created = True
     if not tx.has_any("users"):
-        tx.record("users", auth.DEFAULT_USER, "create", {
+        tx.record("users", auth.DEFAULT_USER, "create", complete("users", {
             "Name": auth.DEFAULT_USER, "Roles": ["superuser"], "Secret": auth.new_secret(),
-            "PasswordHash": auth.hash_password(auth.DEFAULT_PASSWORD), "Params": {}, "Meta": {},
-            "Validated": True, "Available": True, "Errors": [], "ReadOnly": False})
+            "PasswordHash": auth.hash_password(auth.DEFAULT_PASSWORD), "CreatedAt": now_text(),
+            "LastModifiedAt": now_text()}))
         log.warning("created the default user %s with the default password %s: change it with "
                     "`drpcli users password %s NEWPASSWORD`", auth.DEFAULT_USER,
                     auth.DEFAULT_PASSWORD, auth.DEFAULT_USER)
@@ -122,15 +123,33 @@ def bootstrap(tx, drp_id: str) -> bool:
     return created
 
 
-def info(node: Node, stats: dict) -> dict:
+# dr-provision's default ports for the services drp does not run yet (its --dhcp-port,
+# --tftp-port, --binl-port, --dns-port and --secure-static-port): Info reports them disabled.
+DHCP_PORT, TFTP_PORT, BINL_PORT, DNS_PORT, SECURE_FILE_PORT = 67, 69, 4011, 53, 8090
+
+
+def info(node: Node, stats: list[dict], node_uuid: str) -> dict:
+    """dr-provision's Info (drppy-client's models/info.py): every field it requires, true for
+    this node. `stats` is [{name, count}]; node_uuid is this node's stable id (the store's
+    `local` table). The ha_* keys are read by the HA code and tests: keep them as they are."""
     cfg, status = node.cfg, node.status()
     return {
         "arch": goarch(), "os": goos(), "version": f"v{__version__}",
-        "id": node.drp_id, "local_id": node.drp_id, "ha_id": cfg.ha_id or "",
+        "id": node.drp_id, "local_id": node.drp_id, "uuid": node_uuid, "ha_id": cfg.ha_id or "",
         "api_port": cfg.api_port, "file_port": cfg.static_port,
         "address": cfg.static_ip or (str(cfg.ha_address.ip) if cfg.ha_address else ""),
+        "prov_enabled": True,  # the static file server always runs
+        "secure_prov_enabled": False, "secure_file_port": SECURE_FILE_PORT,  # no HTTPS files
+        "dhcp_enabled": False, "dhcp_port": DHCP_PORT,
+        "tftp_enabled": False, "tftp_port": TFTP_PORT,
+        "binl_enabled": False, "binl_port": BINL_PORT,
+        "dns_enabled": False, "dns_port": DNS_PORT,
+        "manager": False,  # drp manages no other endpoints
+        "errors": [],
         "ha_enabled": cfg.ha_enabled, "ha_is_active": status.role != "passive",
         "ha_status": status.ha_status,
+        # the system-assigned HA id of this endpoint: its uuid, when it is in a cluster
+        "ha_consensus_id": node_uuid if cfg.ha_enabled else "",
         "ha_virtual_address": str(cfg.ha_address) if cfg.ha_address else "",
         "ha_active_id": status.active_id or (node.drp_id if status.role != "passive" else ""),
         "ha_passive_state": list(status.passives),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from drp.modelvalues import complete_nested
 from tests.blobutil import changes
 
 BUNDLE = {
@@ -48,7 +49,8 @@ def test_import_show_list_and_read_only(drp):
         assert c.post("/profiles", json={"Name": "other"}).status_code == 409
         assert [b["meta"]["Name"] for b in c.get("/contents").json()] == ["base"]
         shown = c.get("/contents/base").json()
-        assert shown["meta"] == BUNDLE["meta"]
+        # every field of dr-provision's ContentMetaData (zero values for the ones not sent)
+        assert shown["meta"] == complete_nested("ContentMetaData", BUNDLE["meta"])
         assert sorted(shown["sections"]["profiles"]) == ["global-ish", "other"]
         assert shown["sections"]["templates"]["t1"]["Contents"] == "hello {{.Machine.Name}}"
     [row] = changes(drp, "contents")

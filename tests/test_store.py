@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from drp.api.errors import ApiError
+from drp.modelvalues import complete
 from drp.store.errors import WritesRefused
 from drp.store import wire
 from drp.store.store import Store
@@ -134,8 +135,9 @@ def test_persistence_across_restart(drp):
         m = c.post("/machines", json={"Name": "keep-m", "Runnable": True}).json()
         gone = c.post("/profiles", json={"Name": "gone"}).json()
         c.delete("/profiles/gone")
-        c.patch("/profiles/keep", json=[{"op": "add", "path": "/Description", "value": "kept"}])
-        p["Description"] = "kept"
+        p = c.patch("/profiles/keep", json=[{"op": "replace", "path": "/Description",
+                                             "value": "kept"}]).json()
+        assert p["Description"] == "kept"
         c.post("/users", json={"Name": "erin", "Password": "pw"})
         c.put("/users/erin/password", json={"password": "pw2"})
         token = c.get("/users/rocketskates/token").json()["Token"]
@@ -290,8 +292,9 @@ async def test_apply_replicated_failure_keeps_position_of_what_was_applied(store
 
 async def test_snapshot_round_trip(store, tmp_path):
     store.local_set_sync("drp_id", "primary")
-    for i in range(5):
-        await store.write(put("profiles", f"p{i}", {"Name": f"p{i}", "Params": {"i": i}}))
+    for i in range(5):  # complete, as the API stores them (an install completes what is not)
+        await store.write(put("profiles", f"p{i}", complete("profiles", {
+            "Name": f"p{i}", "Params": {"i": i}})))
     await store.write(lambda tx: tx.record("profiles", "p0", "delete"))
     snap = tmp_path / "snap.db"
     seq = await store.snapshot_into(snap)
@@ -307,7 +310,8 @@ async def test_snapshot_round_trip(store, tmp_path):
         for table in ("objects", "changes", "epochs", "blobs"):
             assert rows(other.path, table) == rows(store.path, table), table
         assert await other.get("profiles", "stale") is None
-        assert await other.get("profiles", "p3") == {"Name": "p3", "Params": {"i": 3}}
+        assert await other.get("profiles", "p3") == complete("profiles", {"Name": "p3",
+                                                                         "Params": {"i": 3}})
         assert other.local_get_sync("drp_id") == "secondary"
         # and it carries on from the snapshot's position, in step with the primary
         entry_primary = await store.write(put("profiles", "n", {"Name": "n"}))

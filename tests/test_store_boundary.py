@@ -86,7 +86,7 @@ async def test_model_errors_keep_their_codes_types_and_keys(api):
     code, body = await _answer(client, "POST", "/api/v3/profiles", {"Name": "p", "Params": 1})
     assert (code, body["Type"], body["Model"], body["Key"]) == (
         422, "ValidationError", "profiles", "p")
-    assert body["Messages"] == ["Params must be a object, not int"]
+    assert body["Messages"] == ["Params must be an object, not integer"]  # JSON type names
     assert await _answer(client, "POST", "/api/v3/profiles", [1]) == (
         422, error_body(422, "profile must be a JSON object", model="profiles"))
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 
+from drp.modelvalues import complete
 from drp.store.store import Store
 from tests.test_api import assert_error
 
@@ -147,14 +148,16 @@ def test_the_repair_is_the_same_on_every_node(tmp_path):
     objects, changes = tables[0]
     body = json.loads([row for row in objects if row[0] == "profiles"][0][2])
     assert body["Params"] == {"x": None, "y": [None, "\ufffd"]}
-    assert json.loads(changes[0][6]) == {"Name": "p", "Params": {"x": None}}
+    # ... and completed to the full model (drp.store.complete runs after the repair)
+    assert json.loads(changes[0][6]) == complete("profiles", {"Name": "p", "Params": {"x": None}})
 
 
 def test_out_of_range_queries_durations_and_paths_are_4xx(drp):
     with drp.client() as c:
         for param in ("limit", "offset"):
             for value in (str(1 << 64), str(1 << 63), str(-(1 << 63) - 1)):
-                err = assert_error(c.get("/machines", params={param: value}), 400, "machines")
+                err = assert_error(c.get("/machines", params={param: value}), 406,
+                                   "machines")  # dr-provision's code for a bad list query
                 assert "64-bit" in err["Messages"][0]
         assert c.get("/machines", params={"limit": str((1 << 63) - 1)}).status_code == 200
         for ttl in ("inf", "nan", "1e400", "-inf", "9" * 400 + "h"):

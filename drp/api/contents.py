@@ -11,7 +11,7 @@ import json
 import trio
 from quart import Blueprint, current_app, request
 
-from drp import models
+from drp import models, modelvalues
 from drp.api import bundleyaml, jsonbody, limits
 from drp.api.errors import ApiError
 from drp.api.respond import json_response
@@ -70,8 +70,9 @@ def _yaml_value(value):
     raise TypeError(f"a YAML {type(value).__name__} has no JSON form")
 
 
-def build(doc: dict, url_name: str | None = None) -> tuple[str, dict, list]:
-    """Validate a bundle: (name, its record, [[kind, key, stored object], ...])."""
+def build(doc: dict, url_name: str | None = None, user: str = "") -> tuple[str, dict, list]:
+    """Validate a bundle: (name, its record, [[kind, key, stored object], ...]); user: who
+    imports it (the objects' CreatedBy)."""
     meta = doc.get("meta")
     if meta is None:
         meta = {}
@@ -86,10 +87,9 @@ def build(doc: dict, url_name: str | None = None) -> tuple[str, dict, list]:
     if url_name is not None and name != url_name:
         raise ApiError(422, f"meta.Name {name!r} does not match the name in the URL "
                        f"{url_name!r}", model="contents", key=url_name)
-    for field in ("Version", "Description"):
-        meta.setdefault(field, "")
-        if not isinstance(meta[field], str):
-            raise ApiError(422, f"meta.{field} must be a string", model="contents", key=name)
+    meta, problems = modelvalues.check_nested("ContentMetaData", meta, "meta.")  # every field
+    if problems:
+        raise ApiError(422, *problems, model="contents", key=name, type_="ValidationError")
     sections = doc.get("sections") or {}
     if not isinstance(sections, dict):
         raise ApiError(422, "sections must be an object keyed by kind", model="contents",
@@ -108,7 +108,7 @@ def build(doc: dict, url_name: str | None = None) -> tuple[str, dict, list]:
             seen.add((kind_name, key))
             try:
                 stored = models.normalize(kind, {**obj, kind.key: obj.get(kind.key, key)},
-                                          key=key, readonly=True, bundle=name)
+                                          key=key, user=user, readonly=True, bundle=name)
             except models.ObjectError as e:
                 problems += [f"{kind_name}/{key}: {m}" for m in e.messages]
                 continue
@@ -169,7 +169,7 @@ async def _body_bundle(url_name: str | None = None):
     doc = await trio.to_thread.run_sync(functools.partial(
         parse_bundle, raw, request.content_type or "",
         max_alias_nodes=cfg.max_yaml_alias_nodes, max_bytes=cfg.max_content_size))
-    name, record, objects = build(doc, url_name)
+    name, record, objects = build(doc, url_name, user=str(request.user.get("Name") or ""))
     for kind, key, obj in objects:  # a bundle may not grant more than its importer holds
         if kind == "roles" and not contains(request.claims, obj.get("Claims") or []):
             raise ApiError(403, f"forbidden: contents/{request.method.lower()}/{name}: its role "

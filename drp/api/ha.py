@@ -18,13 +18,12 @@ from quart import Blueprint, Response, current_app, request, websocket
 from drp.api.errors import ApiError
 from drp.api.respond import websocket_scope
 from drp.claims import is_superuser
-from drp.api.system import stats
+from drp.api.system import node_info
 from drp.blob import storage
 from drp.blob.send import Opened, blob_response, open_blob
 from drp.ha import protocol as p
 from drp.ha.follower import pin_key
 from drp.ha.roles import VipHold
-from drp.node import info
 
 bp = Blueprint("ha", __name__, url_prefix="/api/v3")
 log = logging.getLogger("drp.ha.active")
@@ -119,7 +118,7 @@ async def _switch(role: str):
     status = node.status()
     if done.is_set() and status.role != role and status.reason:
         raise ApiError(409, status.reason, model="system", key=role)
-    body = json.dumps(info(node, await stats())).encode()
+    body = json.dumps(await node_info()).encode()
     if hold is None or not hold.used:
         return Response(body, content_type="application/json")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import jsonpatch
 import jsonpointer
@@ -18,12 +17,10 @@ from drp.blob import storage
 from drp.blob.files import BlobFiles
 from drp.blob.gate import gate_for
 from drp.claims import allowed
+from drp.store import filters
 
 bp = Blueprint("objects", __name__, url_prefix="/api/v3")
 
-_FILTER_FIELD = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
-_LIST_PARAMS = {"offset", "limit", "sort", "slim", "decode", "params", "aggregate",
-                "reverse", "filter", "commented", "reduced", "exclude-self"}
 _PARSE_INLINE = 64 << 10  # bodies this small are parsed on the event loop
 _PATCH_INLINE_OPS = 16  # see patch_object: small patches are applied in the writer
 PATCH_TRIES = 5  # a patch is applied again this often when the object changes meanwhile
@@ -75,6 +72,11 @@ def _prepare_user(obj: dict, current: dict | None) -> dict:
     return obj
 
 
+def _user_name() -> str:
+    """Who is writing: CreatedBy / LastModifiedBy (a machine's token has no user name)."""
+    return str((getattr(request, "user", None) or {}).get("Name") or "")
+
+
 def _check_unique_name(tx, kind: models.Kind, key: str, obj: dict) -> None:
     field = models.UNIQUE_FIELDS.get(kind.name)
     if field is None:
@@ -87,25 +89,24 @@ def _check_unique_name(tx, kind: models.Kind, key: str, obj: dict) -> None:
 
 @bp.route("/<kind>", methods=["GET", "HEAD"])
 async def list_objects(kind: str):
+    """dr-provision's list (drp/store/filters.py): X-DRP-List-Count is how many objects this
+    reply holds, X-DRP-List-Filter-Count how many match the filters before offset and limit,
+    X-DRP-List-Total-Count how many of the kind there are."""
     k = models.kind_or_404(kind)
-    filters = {f: v for f, v in request.args.items() if f not in _LIST_PARAMS}
-    for name in filters:  # a field name becomes a JSON path: a bad one must not be a 500
-        if not _FILTER_FIELD.fullmatch(name):
-            raise ApiError(400, f"cannot filter on {name!r}: want a field name like Name or "
-                           "Meta.color", model=kind)
     try:
-        offset = int(request.args.get("offset", 0))
-        limit = int(request.args.get("limit", -1))
-    except ValueError:
-        raise ApiError(400, "offset and limit must be integers", model=kind) from None
-    for name, value in (("offset", offset), ("limit", limit)):  # SQLite takes 64-bit integers
-        if not jsonbody.INT_MIN <= value < 1 << 63:
-            raise ApiError(400, f"{name} {value} is out of range: it must fit in a signed "
-                           "64-bit integer", model=kind)
-    objs = await _store().list(kind, filters, offset=offset, limit=limit)
-    if not allowed(request.claims, kind, "get", "*"):  # claims on some objects only
+        q = filters.query(request.args.items(multi=True), kind)
+    except filters.FilterError as e:  # dr-provision answers a bad list query 406
+        raise ApiError(406, str(e), model=kind, type_=request.method) from None
+    everything = allowed(request.claims, kind, "get", "*")
+    objs, matched, total = await _store().list_page(
+        kind, q, bodies=request.method != "HEAD" or not everything, paged=everything)
+    if not everything:  # claims on some objects only: those count, and are paged here
         objs = [o for o in objs if allowed(request.claims, kind, "get", str(o.get(k.key)))]
-    headers = {"X-DRP-List-Count": str(len(objs))}
+        matched = len(objs)
+        objs = objs[max(q.offset, 0):]
+        objs = objs[:q.limit] if q.limit >= 0 else objs
+    headers = {"X-DRP-List-Count": str(q.page_size(matched)),
+               "X-DRP-List-Filter-Count": str(matched), "X-DRP-List-Total-Count": str(total)}
     if request.method == "HEAD":
         return "", 200, headers
     return json_response([models.public(k.name, o) for o in objs], headers=headers)
@@ -130,7 +131,7 @@ async def create_object(kind: str):
     obj = await json_body(kind)
     if isinstance(obj, dict) and kind == "users":  # hashes the password: on a hash thread
         obj = await current_app.authenticator.hashes.run(_prepare_user, dict(obj), None)
-    obj = models.normalize(k, obj)
+    obj = models.normalize(k, obj, user=_user_name())
     key = obj[k.key]
     claims = request.claims
 
@@ -156,12 +157,12 @@ async def _replace(k: models.Kind, key: str, make_new) -> dict:
         new = make_new(current)
         if k.name == "users" and isinstance(new, dict):  # normalize refuses non-objects
             new = _prepare_user(dict(new), current)
-        new = models.normalize(k, new, key=key)
+        new = models.normalize(k, new, key=key, current=current, user=user)
         _check_unique_name(tx, k, key, new)
         rbac.check_write(tx, claims, k.name, key, current, new)
         tx.record(k.name, key, "update", new)
         return new
-    claims = request.claims
+    claims, user = request.claims, _user_name()
     return await _store().write(replace)
 
 
@@ -173,16 +174,22 @@ async def put_object(kind: str, key: str):
     return json_response(models.public(kind, new))
 
 
+async def patch_body(kind: str, key: str) -> list:
+    """The request's RFC 6902 JSON Patch, checked whole before any of it is applied."""
+    ops = await json_body(kind, key)
+    limits.check_patch_ops(ops, current_app.node.cfg.max_patch_ops, kind, key)
+    try:
+        jsonpatch.JsonPatch(ops)
+    except (jsonpatch.InvalidJsonPatch, TypeError, AttributeError) as e:
+        raise ApiError(400, f"not an RFC 6902 JSON Patch: {e}", model=kind, key=key) from None
+    return ops
+
+
 @bp.patch("/<kind>/<key>")
 async def patch_object(kind: str, key: str):
     k = models.kind_or_404(kind)
-    ops = await json_body(kind, key)
+    ops = await patch_body(kind, key)
     cfg = current_app.node.cfg
-    limits.check_patch_ops(ops, cfg.max_patch_ops, kind, key)
-    try:
-        jsonpatch.JsonPatch(ops)  # the whole patch is checked before any of it is applied
-    except (jsonpatch.InvalidJsonPatch, TypeError, AttributeError) as e:
-        raise ApiError(400, f"not an RFC 6902 JSON Patch: {e}", model=kind, key=key) from None
 
     def patched(text: str) -> tuple[dict, dict]:
         current = json.loads(text)

@@ -53,11 +53,24 @@ ROUTES: dict[str, Callable[[dict, str, str], Need]] = {
     "objects.put_object": _objects("update"),
     "objects.patch_object": _objects("update"),  # dr-provision: PATCH is an update
     "objects.delete_object": _objects("delete"),
+    # dr-provision: reading params needs the kind's get claim, changing them its update claim
+    "params.get_params": _objects("get"),
+    "params.get_param": _objects("get"),
+    "params.replace_params": _objects("update"),
+    "params.patch_params": _objects("update"),
+    "params.set_param": _objects("update"),
+    "params.delete_param": _objects("update"),
     # dr-provision hands /info to any user in its token answer, so any user may read it.
     "system.info": lambda a, m, u: Need("info", "get", anyone=True),
     "system.user_token": _for_user("token"),
     "system.user_password": _for_user("password"),
     "system.events": lambda a, m, u: Need("events", "get"),  # each event needs get on it too
+    "system.system_actions": lambda a, m, u: Need("system", "actions"),
+    "system.system_action": lambda a, m, u: Need("system", "action", a["cmd"]),
+    "system.run_system_action": lambda a, m, u: Need("system", "runaction", a["cmd"]),
+    "system.system_upgrade": lambda a, m, u: Need("system", "upgrade", superuser=True),
+    "prefs.list_prefs": lambda a, m, u: Need("prefs", "list"),
+    "prefs.set_prefs": lambda a, m, u: Need("prefs", "post"),
     "ha.replicate": lambda a, m, u: Need("ha", "replicate", superuser=True, self_checked=True),
     "ha.snapshot": lambda a, m, u: Need("ha", "get", a["snap_id"], superuser=True),
     "ha.blob": lambda a, m, u: Need("ha", "get", a["path"], superuser=True),

@@ -1,8 +1,10 @@
-"""/api/v3/info, user tokens and passwords, and the /api/v3/ws event stream."""
+"""/api/v3/info, user tokens and passwords, system actions, and the /api/v3/ws event stream."""
 from __future__ import annotations
 
 import logging
+import uuid
 
+import trio
 from quart import Blueprint, current_app, request, websocket
 
 from drp import auth, node as nodemod
@@ -14,17 +16,41 @@ from drp.config import parse_duration
 
 bp = Blueprint("system", __name__, url_prefix="/api/v3")
 log = logging.getLogger("drp.api")
+INTERNAL_KINDS = ("secrets", "prefs")  # stored as objects, but no kind a client lists
+_uuid_lock = trio.Lock()  # two first /info calls must not each pick a uuid
 
 
-async def stats() -> dict:
-    counts = await current_app.node.store.kind_counts()
-    return {"machines.count": 0, "subnets.count": 0,
-            **{f"{k}.count": n for k, n in counts.items() if k not in ("secrets",)}}
+async def stats() -> list[dict]:
+    """dr-provision's Info.stats: [{name, count}], machines and subnets always present."""
+    counts = {"machines": 0, "subnets": 0, **await current_app.node.store.kind_counts()}
+    return [{"name": f"{k}.count", "count": n} for k, n in counts.items()
+            if k not in INTERNAL_KINDS]
+
+
+async def node_uuid() -> str:
+    """This node's uuid: chosen on first use, kept in the store's `local` table (per node, not
+    replicated, like drp_id) so it is the same after a restart."""
+    held = current_app.extensions.get("drp.uuid")
+    if held:
+        return held
+    store = current_app.node.store
+    async with _uuid_lock:
+        kept = await store.local_get("uuid")
+        if not kept:
+            kept = str(uuid.uuid4())
+            await store.local_set("uuid", kept)
+    current_app.extensions["drp.uuid"] = kept
+    return kept
+
+
+async def node_info() -> dict:
+    """dr-provision's Info for this node (also embedded in a token reply and an HA switch)."""
+    return nodemod.info(current_app.node, await stats(), await node_uuid())
 
 
 @bp.get("/info")
 async def info():
-    return json_response(nodemod.info(current_app.node, await stats()))
+    return json_response(await node_info())
 
 
 @bp.get("/users/<name>/token")
@@ -44,8 +70,7 @@ async def user_token(name: str):
                        "(--max-token-ttl, RS_MAX_TOKEN_TTL)", model="users", key=name)
     secret = await current_app.authenticator.secret()
     token, claims = auth.make_token(secret, name, ttl, user.get("Secret", ""))
-    return json_response({"Token": token, "Info": nodemod.info(current_app.node, await stats()),
-                          "Expires": claims["exp"]})
+    return json_response({"Token": token, "Info": await node_info(), "Expires": claims["exp"]})
 
 
 @bp.put("/users/<name>/password")
@@ -68,6 +93,61 @@ async def user_password(name: str):
         return user
     user = await current_app.node.store.write(change)
     return json_response({k: v for k, v in user.items() if k not in ("PasswordHash", "Secret")})
+
+
+# ---- system actions (SystemApi.md) ----------------------------------------------------------
+# In dr-provision every system action (AvailableAction, Model "system") is provided by a running
+# plugin. drp runs no plugins (a plugin provider here is a stored binary, never started), so it
+# offers none: the list is empty, and a named action is dr-provision's "Not Found" for it.
+SYSTEM_ACTIONS: tuple[dict, ...] = ()
+
+
+def _actions(plugin: str | None) -> list[dict]:
+    return [a for a in SYSTEM_ACTIONS if plugin in (None, "", a["provider"])]
+
+
+def _no_action(cmd: str, plugin: str | None) -> ApiError:
+    where = f" from plugin {plugin}" if plugin else ""
+    return ApiError(404, f"Action {cmd} on system{where}: Not Found (drp runs no plugins, so "
+                    "no plugin provides system actions)", model="system", key=cmd)
+
+
+@bp.get("/system/actions")
+async def system_actions():
+    return json_response(_actions(request.args.get("plugin")))
+
+
+@bp.get("/system/actions/<cmd>")
+async def system_action(cmd: str):
+    plugin = request.args.get("plugin")
+    found = next((a for a in _actions(plugin) if a["command"] == cmd), None)
+    if found is None:
+        raise _no_action(cmd, plugin)
+    return json_response(found)
+
+
+@bp.post("/system/actions/<cmd>")
+async def run_system_action(cmd: str):
+    plugin = request.args.get("plugin")
+    body = await json_body("system", cmd)
+    if not isinstance(body, dict):
+        raise ApiError(400, "want a JSON object of the action's parameters (name -> value)",
+                       model="system", key=cmd)
+    # no action exists to run (SYSTEM_ACTIONS is empty); one that did would run here
+    raise _no_action(cmd, plugin)
+
+
+# dr-provision's /system/upgrade* routes swap its own binaries; drp is a Python package
+# installed from its archive (README: "Running under systemd"), so each says so, with 501.
+@bp.route("/system/upgrade", methods=["POST"])
+@bp.route("/system/upgrade/status", methods=["GET"])
+@bp.route("/system/upgrade/exec", methods=["POST"])
+@bp.route("/system/upgrade/run", methods=["POST"])
+@bp.route("/system/upgrade/stage", methods=["POST", "DELETE"])
+async def system_upgrade():
+    raise ApiError(501, f"{request.method} {request.path}: drp does not upgrade itself through "
+                   "the API; install the newer drp archive with its install.sh on each node",
+                   model="system", key="upgrade")
 
 
 # ---- event stream ----------------------------------------------------------------------------

@@ -10,13 +10,14 @@ import sys
 # httpx then goes without (its `except ImportError` fallback).
 sys.modules.setdefault("httpx._main", None)
 
-from drp.cli import blobs, objects  # noqa: E402,F401  (register their verbs)
+from drp.cli import blobs, objects, params, system  # noqa: E402,F401  (register their verbs)
 from drp.cli.client import CliError, Client  # noqa: E402
 from drp.cli.commands import GLOBAL_FLAGS, HELP_FLAGS, command, describe, lookup, need  # noqa: E402
 from drp.cli.help import help_text  # noqa: E402
 
 describe("info", "What the server says about itself (version, ports, HA state)")
-describe("system", "This node's HA role (the node at the endpoint, not the VIP's)")
+describe("system", "The HA role of the node at the endpoint (not the VIP's), and system "
+         "actions")
 
 
 @command("info", "get", summary="Show the server's info: id, version, ports, HA role and status",

@@ -78,13 +78,62 @@ for _kind in KINDS.values():
 KEY = ("KEY", "the {model}'s {key}")
 
 
-@object_verb("list", "[Field=value ...]", summary="List the {kind}, all or those matching filters",
-             arguments=(("Field=value", "only {kind} whose Field equals value (all given must "
-                                        "match); offset=N and limit=N page the list"),),
+_OPS = ("Eq", "Ne", "Lt", "Lte", "Gt", "Gte", "In", "Nin", "Re", "Between", "Except")
+
+
+def list_params(args: list[str]) -> list[tuple[str, str]]:
+    """The query of `KIND list ARGS` as dr-provision's drpcli builds it: Field=value pairs
+    (passed on as they are: Name=Eq(x), sort=Name) when the first argument holds an =, else
+    its free form: `Name Eq x`, `Name In a,b`, `Name Between lo hi`, `reverse`, `sort F`,
+    `limit N`, `offset N`."""
+    if args and "=" in args[0]:
+        for arg in args:
+            if "=" not in arg:
+                raise CliError(f"Filter argument requires an '=' separator: {arg}")
+        return [tuple(arg.split("=", 1)) for arg in args]
+    params, i = [], 0
+    while i < len(args):
+        name = args[i]
+        if name in ("reverse", "decode"):
+            params.append((name, "true"))
+            i += 1
+        elif name in ("sort", "limit", "offset", "slim", "params"):
+            if i + 1 >= len(args):
+                raise CliError(f"Invalid Filter: {name} requires exactly one parameter")
+            params.append((name, args[i + 1]))
+            i += 2
+        else:
+            if i + 1 >= len(args):
+                raise CliError(f"Invalid Filter: {name} requires an op and at least 1 parameter")
+            op = args[i + 1].lower().title()
+            values = args[i + 2:i + 4]
+            if op not in _OPS:
+                raise CliError(f"Invalid Filter {name}: unknown op {op}")
+            if not values:
+                raise CliError(f"Invalid Filter: {name} op {op} requires a parameter")
+            if op in ("Between", "Except") and "," not in values[0]:
+                if len(values) < 2:
+                    raise CliError(f"Invalid Filter: {name} op {op} requires 1 or 2 parameters")
+                params.append((name, f"{op}({values[0]},{values[1]})"))
+                i += 4
+            else:
+                params.append((name, f"{op}({values[0]})"))
+                i += 3
+    return params
+
+
+@object_verb("list", "[FILTER ...]",
+             summary="List the {kind}, all or those matching filters",
+             arguments=(("FILTER", "Field=value: only {kind} whose Field is value; value may "
+                                   "be an operator: Eq(x) Ne(x) Lt(x) Lte(x) Gt(x) Gte(x) "
+                                   "In(a,b) Nin(a,b) Re(regex) Between(lo,hi) Except(lo,hi). "
+                                   "Fields given once must all match, a field given twice "
+                                   "matches either. sort=Field, reverse=true, offset=N and "
+                                   "limit=N order and page the list. Or drpcli's free form: "
+                                   "Name Eq x, Name Between a b, reverse, sort Name, limit 2"),),
              example="drpcli {kind} list {filter}")
 def _list(client, kind, args):
-    params = dict(a.split("=", 1) for a in args if "=" in a)
-    return client.json("GET", f"/{kind.name}", params=params)
+    return client.json("GET", f"/{kind.name}", params=list_params(args))
 
 
 @object_verb("show", "KEY", summary="Show one {model} by {key}", arguments=(KEY,),

@@ -2,7 +2,7 @@
 
 A read loop around a PassiveSession (drp/ha/passive_session.py): each frame received goes into
 the session, and what it returns is carried out here — send a frame, fetch and install a
-snapshot, apply a batch (bytes first, then the store, each entry in its own transaction), log.
+snapshot, apply a batch (drp/ha/replay.py), log.
 The connection comes from an injected `connect()` (a websocket to the active's API port in a
 real node, a memory channel in the in-process tests); reconnects back off, capped.
 """
@@ -10,31 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from contextlib import ExitStack, asynccontextmanager
-from pathlib import Path
+from contextlib import asynccontextmanager
 from typing import AsyncContextManager, Callable, Protocol
 
 import trio
 import trio_websocket
 
 from drp import __version__
-from drp.blob.files import BlobFiles
-from drp.blob.gate import gate_for
 from drp.ha import protocol as p
 from drp.ha.bulkget import pinned_context
 from drp.ha.catchup import full_catchup, remove_orphans
 from drp.ha.passive_session import PassiveSession
 from drp.ha.progress import Progress
+from drp.ha.replay import BatchApplier
 from drp.ha.session_events import (Apply, FetchSnapshot, HandedOver, InSync, Refused, Send,
                                    Stalled, Welcomed)
-from drp.ha.transfer import Gone
 from drp.metrics import APPLIED_SEQ, LAG_ENTRIES, LAG_SECONDS
 from drp.platform_id import goarch, goos
 
 log = logging.getLogger("drp.ha.passive")
 REALTIME = "Stream switch to realtime streaming"
-GONE = "gone"  # a blob the active no longer has
-BYTES_KINDS = ("blob", "joblog")  # entries that change files as well as rows
 MAX_MESSAGE = 256 << 20
 BACKOFF_MAX = 5.0
 REFUSED_RETRY = 30.0  # a refusal someone must fix: token, ha-id, version, platform
@@ -124,7 +119,7 @@ class Follower:
     def __init__(self, node, connect: Connect, fetcher, clock: Callable[[], float]):
         self.node, self.store, self.cfg = node, node.store, node.cfg
         self.connect, self.fetcher, self.clock = connect, fetcher, clock
-        self.files = BlobFiles(self.cfg.base_root)
+        self.batches = BatchApplier(self.store, self.cfg.base_root, fetcher)
         self.session: PassiveSession | None = None  # the current connection's
         # the last session that got a welcome, kept after it ends (drain and the no-active line
         # report from it)
@@ -176,7 +171,6 @@ class Follower:
 
     async def _reconnect_loop(self) -> None:
         backoff = 0.2
-        self._lost_at, self._said_no_active = self.clock(), False
         while True:
             self.welcomed = False
             try:
@@ -313,7 +307,7 @@ class Follower:
                 await self._carry_out(channel, session,
                                       session.snapshot_installed(ev.snapshot.seq, self.clock()))
             elif isinstance(ev, Apply):
-                await self._apply(ev.entries)
+                await self.batches.apply(ev.entries, self.progress)
                 await self._carry_out(channel, session,
                                       session.applied(ev.entries[-1]["seq"], self.clock()))
             elif isinstance(ev, InSync):
@@ -392,76 +386,3 @@ class Follower:
             nursery.cancel_scope.cancel()
         text, _ = progress.line()
         log.info("catch-up done: %s", text)
-
-    # ---- applying a batch -----------------------------------------------------------------
-    async def _apply(self, entries: list[dict]) -> None:
-        """Bytes first (blobs, job-log appends), then the rows. Every blob the batch puts is
-        fetched before anything changes on disk: when a fetch fails (the active went away
-        mid-batch, its last entries maybe lost with it) or is cancelled (a stop: its partial
-        file stays, to be resumed), no file is left without its row, nor a file replaced by
-        the bytes of an entry this node never applied. From the first change on disk to the
-        commit of the rows the batch is shielded from cancellation, and the paths are held in
-        the blob gate, as on the active, so a reader here never pairs a row with bytes it does
-        not describe."""
-        staged: dict[int, Path | str | None] = {}  # seq of a blob put -> staged file | GONE
-        try:
-            await self._stage(entries, staged)
-            with trio.CancelScope(shield=True), ExitStack() as held:
-                gate = gate_for(self.store)
-                for path in sorted({e["key"] for e in entries if e["kind"] in BYTES_KINDS}):
-                    held.enter_context(gate.writing(path))
-                for entry in entries:  # on disk, in order
-                    await self._apply_bytes(entry, staged)
-                await self.store.apply_replicated(entries)
-        finally:
-            for left in staged.values():  # a failed batch: nothing of it is put in place
-                if isinstance(left, Path):
-                    left.unlink(missing_ok=True)
-
-    async def _stage(self, entries: list[dict], staged: dict) -> None:
-        """Fetch aside the bytes of every blob the batch puts that this node lacks (staged:
-        the file, or GONE when the active no longer has it, or None when we hold it already),
-        counted in the replay's progress."""
-        touched: set[str] = set()  # blob paths an earlier entry of this batch puts or deletes
-        need = []
-        for entry in entries:
-            if entry["kind"] != "blob":
-                continue
-            if entry["action"] == "put":
-                if entry["key"] in touched or not await self._held(entry["key"], entry["body"]):
-                    need.append(entry)
-                else:
-                    staged[entry["seq"]] = None
-            touched.add(entry["key"])
-        progress = self.progress
-        if progress is not None:
-            progress.files_total += len(need)
-            progress.bytes_total += sum(e["body"]["size"] for e in need)
-        for entry in need:
-            meta = entry["body"]
-            try:
-                staged[entry["seq"]] = (await self.fetcher.stage_blob(
-                    entry["key"], meta["sha256"], meta["size"], progress))[2]
-            except Gone:
-                staged[entry["seq"]] = GONE
-            if progress is not None:
-                progress.files_done += 1
-
-    async def _apply_bytes(self, entry: dict, staged: dict) -> None:
-        kind, key, body = entry["kind"], entry["key"], entry["body"]
-        if kind == "blob":
-            got = staged.pop(entry["seq"], None) if entry["action"] == "put" else GONE
-            if got == GONE:  # a delete, or deleted on the active since the put
-                await trio.to_thread.run_sync(self.files.remove, key)
-            elif got is not None:
-                await trio.to_thread.run_sync(self.files.install, got, key,
-                                              body.get("mode", 0o644))
-        elif kind == "joblog":
-            await trio.to_thread.run_sync(self.files.append, key, body["offset"], entry["data"])
-
-    async def _held(self, path: str, meta: dict) -> bool:
-        """This node holds that version of the blob already (its row and file say so)."""
-        have = await self.store.blob(path)
-        target = self.files.target(path)
-        return bool(have and have["sha256"] == meta["sha256"] and target.exists()
-                    and target.stat().st_size == meta["size"])

@@ -12,7 +12,8 @@ import sqlite3
 from drp.models import KINDS
 from drp.store.schema import unique_value
 
-OBJECT_KINDS = frozenset(KINDS) | {"secrets"}
+# secrets and prefs (drp.api.prefs) are stored as objects too, though no client lists them
+OBJECT_KINDS = frozenset(KINDS) | {"secrets", "prefs"}
 
 
 def dumps(obj) -> str:

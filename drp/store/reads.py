@@ -10,6 +10,7 @@ from drp.store import queries
 from drp.store.apply import row_entry
 from drp.store.wire import entry_text
 from drp.store.cache import ObjectCache
+from drp.store.filters import ListQuery, from_filters, order_by
 from drp.store.filters import where as filters_where
 from drp.store.recent import RecentLog
 
@@ -22,6 +23,9 @@ class StoreReads:
     retention: int
 
     async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        raise NotImplementedError
+
+    def version(self, kind: str) -> tuple[int, int]:
         raise NotImplementedError
 
     async def get(self, kind: str, key: str) -> dict | None:
@@ -42,14 +46,53 @@ class StoreReads:
         self.cache.put(kind, key, row[0], generation)
         return row[0]
 
-    async def list(self, kind: str, filters: dict[str, str] | None = None,
+    async def list(self, kind: str, filters: dict[str, str] | ListQuery | None = None,
                    offset: int = 0, limit: int = -1) -> list[dict]:
-        terms, values = filters_where(kind, filters or {})
-        sql, params = ["SELECT body FROM objects WHERE kind=?", *terms], [kind, *values]
-        sql.append("ORDER BY key LIMIT ? OFFSET ?")
-        params += [limit, offset]
-        rows = await self.read(lambda c: c.execute(" ".join(sql), params).fetchall())
-        return [json.loads(r[0]) for r in rows]
+        """The objects of kind a list query selects, in its order (filters: {Field: value}
+        or a ListQuery; filters.FilterError for one dr-provision refuses)."""
+        return (await self.list_page(kind, from_filters(kind, filters, offset, limit)))[0]
+
+    async def list_page(self, kind: str, q: ListQuery, *, bodies: bool = True,
+                        paged: bool = True) -> tuple[list[dict], int, int]:
+        """(the page of objects, how many match the tests, how many of kind there are), from
+        one read. bodies=False counts only; paged=False returns every match, unpaged."""
+        terms, values = filters_where(kind, q)
+        order, order_values = order_by(kind, q)
+        match_sql = f"FROM objects WHERE kind=? {terms}"
+        # The kind's count is kept until a commit changes the kind (Store.version): counting
+        # a big kind costs more than an indexed lookup (0.3 ms per 10k objects).
+        totals = self.__dict__.setdefault("_kind_totals", {})
+        version = self.version(kind)
+        known = totals.get(kind)
+        known_total = known[1] if known is not None and known[0] == version else None
+
+        def page(conn):
+            conn.execute("BEGIN")  # the counts and the rows from one snapshot
+            try:
+                return counted(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        def counted(conn):
+            total = known_total if known_total is not None else conn.execute(
+                "SELECT COUNT(*) FROM objects WHERE kind=?", (kind,)).fetchone()[0]
+            rows = []
+            if bodies:
+                sql = f"SELECT body {match_sql} {order}" + (" LIMIT ? OFFSET ?" if paged else "")
+                extra = [q.limit, max(q.offset, 0)] if paged else []
+                rows = conn.execute(sql, [kind, *values, *order_values, *extra]).fetchall()
+            if not terms:
+                matched = total
+            elif bodies and (not paged or q.offset <= 0 and q.limit < 0):
+                matched = len(rows)  # every match is here: no second scan to count them
+            else:
+                matched = conn.execute(f"SELECT COUNT(*) {match_sql}",
+                                       [kind, *values]).fetchone()[0]
+            return rows, matched, total
+        rows, matched, total = await self.read(page)
+        if self.version(kind) == version:  # no commit meanwhile: the count is current
+            totals[kind] = (version, total)
+        return [json.loads(r[0]) for r in rows], matched, total
 
     async def blob(self, path: str) -> dict | None:
         """The blobs row of path: {path, size, sha256, mode, time}, or None."""

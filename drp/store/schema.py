@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from drp.models import UNIQUE_FIELDS
+from drp.store import filterops
 
 REPLICATED_TABLES = ("objects", "blobs", "changes", "epochs")
 log = logging.getLogger("drp.store")
@@ -39,6 +40,9 @@ def connect(path: Path | str) -> sqlite3.Connection:
                                        "a local filesystem")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=OFF")
+    # List filters (store/filters.py): `x REGEXP re` and drp_match(field JSON, test).
+    conn.create_function("regexp", 2, filterops.regexp, deterministic=True)
+    conn.create_function("drp_match", 2, filterops.sql_match, deterministic=True)
     return conn
 
 

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, ContextManager
 
 import trio
 
-from drp.store import repair, schema, snapshot
+from drp.store import complete, repair, schema, snapshot
 from drp.store.cache import ObjectCache
 from drp.store.errors import StorageLost, WritesRefused
 from drp.store.reads import StoreReads
@@ -40,6 +40,7 @@ class Store(StoreReads):
         self._writer_conn = schema.connect(self.path)
         schema.create(self._writer_conn)
         repair.repair(self._writer_conn)  # bodies SQLite's json functions cannot read
+        complete.complete_stored(self._writer_conn)  # objects from before full models
         # Commits flush the WAL themselves (run_group) through this descriptor, opened once:
         # a descriptor opened after a write error never hears of it (SQLite's own checkpoint
         # may have seen it first). SQLite names the file it uses (symlinks resolved).
@@ -354,6 +355,7 @@ class Store(StoreReads):
                 await trio.to_thread.run_sync(snapshot.install, self._writer_conn, snap)
                 # A snapshot from an older active may hold what open would repair.
                 await trio.to_thread.run_sync(repair.repair, self._writer_conn)
+                await trio.to_thread.run_sync(complete.complete_stored, self._writer_conn)
                 head, epoch = self._read_position(self._writer_conn)
             finally:
                 self._all_version += 1

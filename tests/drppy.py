@@ -1,0 +1,42 @@
+"""RackN's Python client for dr-provision (drppy-client, pinned in pyproject's test extra)
+pointed at a real drp process: fixtures for the API-fidelity tests (issue 16).
+
+    def test_x(drppy):                      # a fresh server per module, an ApiClient on it
+        machines = drppy.api(MachinesApi)   # any drppy_client.api.*Api class
+        m = machines.create_machine(Machine(name="m1"))
+        raw = drppy.http.get("/machines")   # httpx, for what the client cannot express
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from drppy_client import ApiClient, Configuration
+
+from tests.drpserver import AUTH, DrpServer
+
+
+@dataclass
+class Drppy:
+    server: DrpServer
+    client: ApiClient
+    http: httpx.Client
+
+    def api(self, cls):
+        return cls(self.client)
+
+
+def client_for(server: DrpServer, user: str = AUTH[0], password: str = AUTH[1]) -> ApiClient:
+    cfg = Configuration()
+    cfg.host = server.url + "/api/v3"
+    cfg.username, cfg.password = user, password
+    cfg.verify_ssl = False  # the server's certificate is self-signed
+    return ApiClient(cfg)
+
+
+@pytest.fixture(scope="module")
+def drppy(module_drp_factory):
+    server = module_drp_factory("drppy")
+    with server.client() as http:
+        yield Drppy(server, client_for(server), http)
