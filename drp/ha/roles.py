@@ -58,11 +58,6 @@ class VipHold:
         self.ready, self.sent, self.used = ready, trio.Event(), False
 
 
-def _ms(began: float, now: float, switched: bool = True) -> str:
-    return f"{(now - began) * 1000:.0f} ms after the " + \
-        ("switch began" if switched else "node started taking the role")
-
-
 def passive_reason(node, active_id: str = "") -> str:
     return (f"this node ({node.drp_id}) is passive: send writes to the active at "
             f"{node.cfg.ha_address.ip}" + (f" ({active_id})" if active_id
@@ -92,7 +87,9 @@ class _Role:
         self.ready = trio.Event()
 
     def _ms(self) -> str:
-        return _ms(self.began, self.seams.clock(), self.switched)
+        """How long the switch (or the node's first role) has taken so far, for the log."""
+        since = "switch began" if self.switched else "node started taking the role"
+        return f"{(self.seams.clock() - self.began) * 1000:.0f} ms after the {since}"
 
     async def leave(self, hold: VipHold | None = None) -> None:
         """Leave this role gracefully; returns once it has ended."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -22,6 +21,7 @@ from drp.ha import protocol as p
 from drp.ha.active_session import ActiveSession, Local, Position
 from drp.ha.session_events import Announced, InSync, Refused, Send, Streaming, TakeSnapshot
 from drp.metrics import SYNC_WAIT
+from drp.modelvalues import now_text
 from drp.store.errors import NotReplicated
 
 log = logging.getLogger("drp.ha.active")
@@ -29,10 +29,6 @@ BATCH_ENTRIES = 500
 HEARTBEAT = 1.0
 CLOSE_GRACE = 0.05  # after ending the sessions at a handover, before the VIP goes
 HELLO_TIMEOUT = 10.0
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Channel(Protocol):
@@ -163,7 +159,7 @@ class Hub:
             finally:
                 del self._sessions[scope]
                 if session.tracked and self.final_head is None:  # see begin_handover
-                    self.tracker.disconnected(session.passive_id, _utc_now())
+                    self.tracker.disconnected(session.passive_id, now_text())
                 self._wake()
                 if session.passive_id:
                     log.info("passive %s at %s disconnected", session.passive_id, address)
