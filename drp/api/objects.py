@@ -42,7 +42,7 @@ async def json_body(model: str = "", key: str = ""):
         raise ApiError(400, f"body is not valid JSON: {e}", model=model, key=key) from None
 
 
-def _not_found(kind: models.Kind, key: str) -> ApiError:
+def not_found(kind: models.Kind, key: str) -> ApiError:
     return ApiError(404, f"{kind.model} {key} not found", model=kind.name, key=key,
                     type_="NotFound")
 
@@ -117,7 +117,7 @@ async def get_object(kind: str, key: str):
     k = models.kind_or_404(kind)
     text = await _store().get_json(kind, key)
     if text is None:
-        raise _not_found(k, key)
+        raise not_found(k, key)
     if request.method == "HEAD":
         return "", 200
     if kind not in models.HIDDEN_FIELDS:  # as stored is as served: no decode and re-encode
@@ -147,12 +147,12 @@ async def create_object(kind: str):
     return json_response(models.public(kind, created), 201)
 
 
-async def _replace(k: models.Kind, key: str, make_new) -> dict:
+async def replace_object(k: models.Kind, key: str, make_new) -> dict:
     """Read-modify-write inside the writer: make_new(current) -> the new object."""
     def replace(tx):
         current = tx.get(k.name, key)
         if current is None:
-            raise _not_found(k, key)
+            raise not_found(k, key)
         _refuse_readonly(k, key, current)
         new = make_new(current)
         if k.name == "users" and isinstance(new, dict):  # normalize refuses non-objects
@@ -170,7 +170,7 @@ async def _replace(k: models.Kind, key: str, make_new) -> dict:
 async def put_object(kind: str, key: str):
     k = models.kind_or_404(kind)
     obj = await json_body(kind, key)
-    new = await _replace(k, key, lambda current: obj)
+    new = await replace_object(k, key, lambda current: obj)
     return json_response(models.public(kind, new))
 
 
@@ -214,7 +214,7 @@ async def patch_object(kind: str, key: str):
     # there, with no read or thread hop of their own.
     if len(ops) <= _PATCH_INLINE_OPS and len(await request.get_data()) < _PARSE_INLINE \
             and not any(op.get("op") == "copy" for op in ops):
-        new = await _replace(k, key, lambda current: patched(json.dumps(current))[1])
+        new = await replace_object(k, key, lambda current: patched(json.dumps(current))[1])
         return json_response(models.public(kind, new))
     # Any other patch is applied outside the writer, in a worker thread: a heavy one never
     # holds up other writes. The writer only checks that the object is still the one the
@@ -222,7 +222,7 @@ async def patch_object(kind: str, key: str):
     for _ in range(PATCH_TRIES):
         text = await _store().get_json(kind, key)
         if text is None:
-            raise _not_found(k, key)
+            raise not_found(k, key)
         before, after = await trio.to_thread.run_sync(patched, text)
 
         def make_new(current, before=before, after=after):
@@ -230,7 +230,7 @@ async def patch_object(kind: str, key: str):
                 raise _Changed()
             return after
         try:
-            new = await _replace(k, key, make_new)
+            new = await replace_object(k, key, make_new)
         except _Changed:
             continue
         return json_response(models.public(kind, new))
@@ -258,7 +258,7 @@ async def delete_object(kind: str, key: str):
     def delete(tx):
         current = tx.get(kind, key)
         if current is None:
-            raise _not_found(k, key)
+            raise not_found(k, key)
         _refuse_readonly(k, key, current)
         rbac.check_delete(kind, key)
         if kind == "users" and key == request_user_name:

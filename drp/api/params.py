@@ -4,7 +4,7 @@
 
 As dr-provision answers them: reads need the kind's `get` claim on the object, changes its
 `update` claim (drp.api.rbac.ROUTES); a change is one write of the whole object through
-drp.api.objects._replace (validated, replicated, read-only objects refused). A param that is
+drp.api.objects.replace_object (validated, replicated, read-only objects refused). A param that is
 not set reads as null (200); only removing one answers 404. Param names may hold '/'
 (`ipmi/username`), so the name is the rest of the path.
 """
@@ -59,7 +59,7 @@ def _query_flags(kind: str, key: str) -> bool:
 async def _stored(k: models.Kind, key: str) -> dict:
     obj = await current_app.node.store.get(k.name, key)
     if obj is None:
-        raise objects._not_found(k, key)
+        raise objects.not_found(k, key)
     return obj
 
 
@@ -116,7 +116,7 @@ async def _change_params(k: models.Kind, key: str, change) -> dict:
             raise limits.too_large(f"{k.model} {key} with these params", limit,
                                    "--max-object-size", k.name, key)
         return new
-    return await objects._replace(k, key, make_new)
+    return await objects.replace_object(k, key, make_new)
 
 
 @bp.get("/<kind>/<key>/params")
