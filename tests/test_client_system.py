@@ -11,7 +11,6 @@ from drppy_client import InfoApi, PrefsApi, SystemApi, UsersApi
 from drppy_client.models import HaPassiveState, Info, Stat, UserToken
 from drppy_client.rest import ApiException
 
-from drp.api.prefs import _stored
 from drp.store.store import Store
 from tests.drppy import client_for, drppy  # noqa: F401  (the fixture)
 from tests.hacluster import Cluster, make_token, wait_in_sync
@@ -166,7 +165,7 @@ def test_a_pref_change_replays_on_a_passive(tmp_path):
             await active.write(promote(1))
             await active.write(put("prefs", "logLevel", {"Name": "logLevel", "Val": "info"}))
             await passive.apply_replicated(await active.entries_after(0))
-            assert await passive.read(_stored) == {"logLevel": "info"}
+            assert await passive.list("prefs") == [{"Name": "logLevel", "Val": "info"}]
         finally:
             active.close()
             passive.close()

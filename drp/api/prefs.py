@@ -8,8 +8,6 @@ object. A POST is one write: every name is checked first, and one bad name store
 """
 from __future__ import annotations
 
-import json
-
 from quart import Blueprint, current_app
 
 from drp.api.errors import ApiError
@@ -38,20 +36,12 @@ REFERENCES = {"defaultBootEnv": ("bootenvs", False), "unknownBootEnv": ("bootenv
               "defaultStage": ("stages", None), "defaultWorkflow": ("workflows", None)}
 
 
-def _stored(conn) -> dict[str, str]:
-    rows = conn.execute("SELECT body FROM objects WHERE kind=?", (KIND,)).fetchall()
-    prefs = {}
-    for (text,) in rows:
-        obj = json.loads(text)
-        if isinstance(obj.get("Name"), str) and isinstance(obj.get("Val"), str):
-            prefs[obj["Name"]] = obj["Val"]
-    return prefs
-
-
 async def current() -> dict[str, str]:
     """Every preference: the defaults, overlaid with what is stored (names from before this
     check are kept and shown, as a store may hold them)."""
-    return {**DEFAULTS, **await current_app.node.store.read(_stored)}
+    stored = {o["Name"]: o["Val"] for o in await current_app.node.store.list(KIND)
+              if isinstance(o.get("Name"), str) and isinstance(o.get("Val"), str)}
+    return {**DEFAULTS, **stored}
 
 
 def _value_problem(tx, name: str, value: str) -> str | None:
