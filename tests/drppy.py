@@ -8,11 +8,13 @@ pointed at a real drp process: fixtures for the API-fidelity tests (issue 16).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from drppy_client import ApiClient, Configuration
+from drppy_client.rest import ApiException
 
 from tests.drpserver import AUTH, DrpServer
 
@@ -40,3 +42,28 @@ def drppy(module_drp_factory):
     server = module_drp_factory("drppy")
     with server.client() as http:
         yield Drppy(server, client_for(server), http)
+
+
+def error_body(exc: ApiException) -> dict:
+    """The dr-provision error body of a refused call, checked: exactly {Model, Key, Type,
+    Messages, Code}, with Code its HTTP status."""
+    body = json.loads(exc.body)
+    assert set(body) == {"Model", "Key", "Type", "Messages", "Code"}, body
+    assert body["Code"] == exc.status, body
+    return body
+
+
+def refused(call) -> ApiException:
+    """What a client call that must fail raised."""
+    with pytest.raises(ApiException) as caught:
+        call()
+    return caught.value
+
+
+def refusal_status(call) -> int:
+    """The status of a refused call; a server refusal carries one message in dr-provision's
+    error body (status 0 is the client refusing before it sends anything)."""
+    e = refused(call)
+    if e.status and e.body:
+        assert len(error_body(e)["Messages"]) == 1, e.body
+    return e.status

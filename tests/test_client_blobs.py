@@ -2,36 +2,19 @@
 upload, list, download, head, delete, and the 404 after it."""
 from __future__ import annotations
 
-import json
-
-import pytest
 from drppy_client import ContentsApi, FilesApi, IsosApi
 from drppy_client.models import BlobInfo, Content, ContentMetaData, ContentSummary
-from drppy_client.rest import ApiException
 
-from tests.drppy import drppy  # noqa: F401  (the fixture)
+from tests.drppy import drppy, refusal_status  # noqa: F401  (the fixture)
 
 PAYLOAD = "kernel bytes\n" * 100
-
-
-def _status(call) -> int:
-    """The status of a refused call; a server refusal carries dr-provision's error body
-    (status 0 is the client refusing before it sends anything)."""
-    with pytest.raises(ApiException) as caught:
-        call()
-    e = caught.value
-    if e.status and e.body:
-        body = json.loads(e.body)
-        assert set(body) == {"Model", "Key", "Type", "Messages", "Code"}, body
-        assert body["Code"] == e.status and len(body["Messages"]) == 1, body
-    return e.status
 
 
 def test_client_cannot_send_bytes(drppy):
     # The client is wrong for binary bodies: its rest.py sends a body with
     # application/octet-stream only when it is a str (bytes raise "Cannot prepare a request
     # message", status 0, before anything is sent), so the tests below upload text.
-    assert _status(lambda: drppy.api(FilesApi).upload_file("x.bin", body=b"\x00\x01")) == 0
+    assert refusal_status(lambda: drppy.api(FilesApi).upload_file("x.bin", body=b"\x00\x01")) == 0
 
 
 def test_files_upload_list_get_head_delete(drppy):
@@ -47,9 +30,9 @@ def test_files_upload_list_get_head_delete(drppy):
     assert got.headers["Content-Length"] == str(len(PAYLOAD))
     files.head_file("boot/vmlinuz")
     files.delete_file("boot/vmlinuz")
-    assert _status(lambda: files.head_file("boot/vmlinuz")) == 404
-    assert _status(lambda: files.get_file("boot/vmlinuz")) == 404
-    assert _status(lambda: files.delete_file("boot/vmlinuz")) == 404
+    assert refusal_status(lambda: files.head_file("boot/vmlinuz")) == 404
+    assert refusal_status(lambda: files.get_file("boot/vmlinuz")) == 404
+    assert refusal_status(lambda: files.delete_file("boot/vmlinuz")) == 404
 
 
 def test_isos_upload_list_get_head_delete(drppy):
@@ -61,8 +44,8 @@ def test_isos_upload_list_get_head_delete(drppy):
     drppy.api(FilesApi).head_iso("tiny.iso")  # the client puts HEAD /isos/{path} on FilesApi
     isos.delete_iso("tiny.iso")
     assert isos.list_isos() == []
-    assert _status(lambda: drppy.api(FilesApi).head_iso("tiny.iso")) == 404
-    assert _status(lambda: isos.get_iso("tiny.iso")) == 404
+    assert refusal_status(lambda: drppy.api(FilesApi).head_iso("tiny.iso")) == 404
+    assert refusal_status(lambda: isos.get_iso("tiny.iso")) == 404
 
 
 # ---- contents ---------------------------------------------------------------------------------
@@ -85,8 +68,8 @@ def test_contents_create_list_get_delete(drppy):
         meta=ContentMetaData(name="tiny", version="v1.0.1"), sections={}))
     assert isinstance(again, ContentSummary) and again.meta.version == "v1.0.1"
     misnamed = Content(meta=ContentMetaData(name="other"), sections={})
-    assert _status(lambda: contents.upload_content("tiny", body=misnamed)) == 422
+    assert refusal_status(lambda: contents.upload_content("tiny", body=misnamed)) == 422
     contents.delete_content("tiny")
     assert "tiny" not in [s.meta.name for s in contents.list_contents()]
-    assert _status(lambda: contents.get_content("tiny")) == 404
-    assert _status(lambda: contents.delete_content("tiny")) == 404
+    assert refusal_status(lambda: contents.get_content("tiny")) == 404
+    assert refusal_status(lambda: contents.delete_content("tiny")) == 404

@@ -16,7 +16,7 @@ from drppy_client.rest import ApiException
 from drp.modeldefs import DEFAULTS, MODELS, NESTED, SERVER_FIELDS, zero
 from drp.modelvalues import complete
 from drp.store.store import Store
-from tests.drppy import drppy  # noqa: F401  (drppy: the fixture)
+from tests.drppy import drppy, error_body  # noqa: F401  (drppy: the fixture)
 from tests.drpserver import AUTH
 from tests.hacluster import Cluster, http, make_token, wait_in_sync
 
@@ -58,12 +58,6 @@ def _model_class(kind: str):
 
 def _text_field(kind: str) -> str:
     return "Description" if "Description" in MODELS[kind] else "Context"  # a Job has none
-
-
-def _api_error(excinfo) -> dict:
-    body = json.loads(excinfo.value.body)
-    assert body["Code"] == excinfo.value.status, body
-    return body
 
 
 def test_our_models_are_rackn_models():
@@ -134,14 +128,14 @@ def test_kind_through_rackn_client(drppy, kind):
                            ("/CreatedAt", "2001-01-01T00:00:00Z"), ("/Errors", ["x"])):
         with pytest.raises(ApiException) as refused:
             call("patch", [rm.Operation(op="replace", path=op_path, value=value)], key)
-        body = _api_error(refused)
+        body = error_body(refused.value)
         assert refused.value.status == 422 and body["Type"] == "ValidationError", body
         assert any(m.startswith(f"{op_path[1:]} is read-only") for m in body["Messages"]), body
     edited = call("get", key)
     edited.bundle = "someone-else"
     with pytest.raises(ApiException) as refused:
         call("put", edited, key)
-    assert "Bundle is read-only" in _api_error(refused)["Messages"][0]
+    assert "Bundle is read-only" in error_body(refused.value)["Messages"][0]
 
     if kind == "users":  # the password hash and secret are never served
         for reply in (drppy.http.get("/users").json(), [drppy.http.get(f"/users/{key}").json()]):
@@ -151,7 +145,7 @@ def test_kind_through_rackn_client(drppy, kind):
     assert getattr(deleted, key_attr) == key
     with pytest.raises(ApiException) as gone:
         call("get", key)
-    assert gone.value.status == 404 and _api_error(gone)["Type"] == "NotFound"
+    assert gone.value.status == 404 and error_body(gone.value)["Type"] == "NotFound"
 
 
 def _attr(cls, json_name: str) -> str:

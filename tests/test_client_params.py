@@ -13,7 +13,7 @@ from drppy_client import MachinesApi, ProfilesApi, ReservationsApi, StagesApi, S
 from drppy_client.rest import ApiException
 
 from drp.models import PARAM_KINDS
-from tests.drppy import client_for, drppy  # noqa: F401  (drppy: the fixture)
+from tests.drppy import client_for, drppy, error_body  # noqa: F401  (drppy: the fixture)
 from tests.hacluster import Cluster, make_token, wait_in_sync
 from tests.hacluster import http as ha_http
 
@@ -28,10 +28,6 @@ def _made(drppy, kind: str, obj: dict) -> dict:
 
 def _machine(drppy, **fields) -> str:
     return _made(drppy, "machines", {"Name": f"m-{uuid.uuid4().hex[:8]}", **fields})["Uuid"]
-
-
-def _error(exc: ApiException) -> dict:
-    return json.loads(exc.body)
 
 
 def test_machine_params_every_call(drppy):
@@ -158,7 +154,7 @@ def test_error_bodies(drppy):
         with pytest.raises(ApiException) as e:
             call()
         assert e.value.status == 404
-        body = _error(e.value)
+        body = error_body(e.value)
         assert (body["Model"], body["Key"], body["Code"]) == ("machines", missing, 404)
         assert body["Messages"] == [f"machine {missing} not found"]
 
@@ -166,7 +162,7 @@ def test_error_bodies(drppy):
     with pytest.raises(ApiException) as e:  # removing what is not set: dr-provision's 404
         machines.delete_machine_param(key, "unset")
     assert e.value.status == 404
-    assert _error(e.value) == {"Model": "params", "Key": "unset", "Type": "DELETE",
+    assert error_body(e.value) == {"Model": "params", "Key": "unset", "Type": "DELETE",
                                "Messages": [f"param unset is not set on machine {key}"],
                                "Code": 404}
     # a patch that does not apply (a failed test too) is dr-provision's 409; nothing changes
@@ -175,7 +171,7 @@ def test_error_bodies(drppy):
         with pytest.raises(ApiException) as e:
             machines.patch_machine_params(ops, key)
         assert e.value.status == 409
-        body = _error(e.value)
+        body = error_body(e.value)
         assert body["Type"] == "PATCH" and body["Key"] == key
         assert body["Messages"][0].startswith("patch failed to apply to the params: ")
         assert why in body["Messages"][0]
@@ -216,7 +212,7 @@ def test_read_only_objects_refuse_param_changes(drppy):
         with pytest.raises(ApiException) as e:
             call()
         assert e.value.status == 403
-        assert _error(e.value)["Messages"] == [
+        assert error_body(e.value)["Messages"] == [
             "profile bundled is read-only: it belongs to content bundle params-bundle; change "
             "the bundle instead"]
     assert profiles.get_profile_params("bundled") == {"a": 1}
@@ -237,12 +233,12 @@ def test_claims_get_and_update(drppy):
         with pytest.raises(ApiException) as e:
             call()
         assert e.value.status == 403
-        assert _error(e.value)["Messages"] == [
+        assert error_body(e.value)["Messages"] == [
             f"forbidden: your roles do not grant machines/update/{key}"]
     with pytest.raises(ApiException) as e:  # decode needs getSecure, as in dr-provision
         reader.get_machine_params(key, decode=True)
     assert e.value.status == 403
-    assert _error(e.value)["Messages"] == [
+    assert error_body(e.value)["Messages"] == [
         f"forbidden: your roles do not grant machines/getSecure/{key}"]
     with pytest.raises(ApiException) as e:
         ProfilesApi(reader.api_client).get_profile_params("global")

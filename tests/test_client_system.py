@@ -5,26 +5,21 @@ from __future__ import annotations
 import json
 import uuid
 
-import pytest
 import trio
 from drppy_client import InfoApi, PrefsApi, SystemApi, UsersApi
 from drppy_client.models import HaPassiveState, Info, Stat, UserToken
-from drppy_client.rest import ApiException
 
 from drp.store.store import Store
-from tests.drppy import client_for, drppy  # noqa: F401  (the fixture)
+from tests.drppy import client_for, drppy, error_body, refused  # noqa: F401  (the fixture)
 from tests.hacluster import Cluster, make_token, wait_in_sync
 from tests.storeutil import promote, put
 
 
 def refusal(call, code: int) -> dict:
     """The dr-provision error body of a call the server must refuse with `code`."""
-    with pytest.raises(ApiException) as caught:
-        call()
-    assert caught.value.status == code, caught.value.body
-    body = json.loads(caught.value.body)
-    assert set(body) == {"Model", "Key", "Type", "Messages", "Code"} and body["Code"] == code
-    return body
+    e = refused(call)
+    assert e.status == code, e.body
+    return error_body(e)
 
 
 # ---- /info ------------------------------------------------------------------------------------

@@ -2,27 +2,10 @@
 password, token) and JobsApi (create for a machine, get, list, the log) (issue 16)."""
 from __future__ import annotations
 
-import json
-
-import pytest
 from drppy_client import JobsApi, MachinesApi, UsersApi
 from drppy_client.models import Job, Machine, User, UserPassword, UserToken
-from drppy_client.rest import ApiException
 
-from tests.drppy import client_for, drppy  # noqa: F401  (the fixture)
-
-
-def _status(call) -> int:
-    """The status of a refused call; a server refusal carries dr-provision's error body
-    (status 0 is the client refusing before it sends anything)."""
-    with pytest.raises(ApiException) as caught:
-        call()
-    e = caught.value
-    if e.status and e.body:
-        body = json.loads(e.body)
-        assert set(body) == {"Model", "Key", "Type", "Messages", "Code"}, body
-        assert body["Code"] == e.status and len(body["Messages"]) == 1, body
-    return e.status
+from tests.drppy import client_for, drppy, refusal_status  # noqa: F401  (the fixture)
 
 
 # ---- users ------------------------------------------------------------------------------------
@@ -35,8 +18,8 @@ def test_users_create_get_list(drppy):
     assert isinstance(got, User) and got.name == "greg" and got.roles == made.roles
     assert {"greg", "rocketskates"} <= {u.name for u in users.list_users()}
     assert [u.name for u in users.list_users(name="greg")] == ["greg"]
-    assert _status(lambda: users.create_user(User(name="greg"))) == 409
-    assert _status(lambda: users.get_user("nobody")) == 404
+    assert refusal_status(lambda: users.create_user(User(name="greg"))) == 409
+    assert refusal_status(lambda: users.get_user("nobody")) == 404
 
 
 def test_user_password_then_token(drppy):
@@ -45,7 +28,7 @@ def test_user_password_then_token(drppy):
     # The client is wrong here: put_user_password takes no name and leaves {name} in the path
     # unfilled (PUT /users/%7Bname%7D/password), so it asks for a user literally named
     # "{name}". Shown, then the call made through the client's own call_api.
-    assert _status(lambda: users.put_user_password(UserPassword(password="s3cret!"))) == 404
+    assert refusal_status(lambda: users.put_user_password(UserPassword(password="s3cret!"))) == 404
     got = drppy.client.call_api(
         "/users/{name}/password", "PUT", {"name": "pat"}, [], {},
         body=UserPassword(password="s3cret!"), response_type="User",
@@ -53,7 +36,7 @@ def test_user_password_then_token(drppy):
     assert isinstance(got, User) and got.name == "pat"
     pat = UsersApi(client_for(drppy.server, "pat", "s3cret!"))
     assert pat.get_user("pat").name == "pat"  # the new password authenticates
-    assert _status(lambda: UsersApi(client_for(drppy.server, "pat", "wrong")).get_user("pat")
+    assert refusal_status(lambda: UsersApi(client_for(drppy.server, "pat", "wrong")).get_user("pat")
                    ) == 401
     # get_user_token: the same client bug (name in the query string), as test_client_system shows
     token = drppy.client.call_api(
@@ -75,7 +58,7 @@ def test_jobs_create_get_list_and_log(drppy):
     # The client is wrong here: put_job_log takes no body parameter at all, so it can only
     # send nothing, and its rest.py refuses a body-less octet-stream PUT before sending
     # (status 0). Shown, then the appends made through the client's own call_api.
-    assert _status(lambda: jobs.put_job_log(made.uuid)) == 0
+    assert refusal_status(lambda: jobs.put_job_log(made.uuid)) == 0
     for piece in ("line one\n", "line two\n"):
         drppy.client.call_api(
             "/jobs/{uuid}/log", "PUT", {"uuid": made.uuid}, [],
@@ -86,5 +69,5 @@ def test_jobs_create_get_list_and_log(drppy):
     assert log.headers["Content-Type"].startswith("application/octet-stream")
     jobs.head_job_log(made.uuid)
     assert jobs.delete_job(made.uuid).uuid == made.uuid
-    assert _status(lambda: jobs.get_job(made.uuid)) == 404
-    assert _status(lambda: jobs.get_job("00000000-0000-0000-0000-000000000000")) == 404
+    assert refusal_status(lambda: jobs.get_job(made.uuid)) == 404
+    assert refusal_status(lambda: jobs.get_job("00000000-0000-0000-0000-000000000000")) == 404
