@@ -22,7 +22,7 @@ run: venv
 test-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  for p in ip:iproute2 jq:jq debootstrap:debootstrap; do \
+	  for p in ip:iproute2 jq:jq debootstrap:debootstrap etcd:etcd-server tftp:tftp-hpa curl:curl; do \
 	    command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; \
 	  done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
@@ -41,6 +41,12 @@ dist:
 
 bench: venv
 	$(PY) -m bench replication --quick
+
+# Automatic failover on one machine (root): 3 etcd members and 3 nodes in network namespaces,
+# kill -9 of the active, the takeover and how long it took; everything is removed at the end.
+.PHONY: demo-failover
+demo-failover: venv test-deps
+	$(PY) contrib/demo_failover.py
 
 clean:
 	rm -rf $(VENV) drp-data

@@ -1,6 +1,6 @@
 """Failover benchmark: from the signal to the first write accepted through the VIP (root).
 
-    python -m bench failover [--quick] [--planned N] [--crash N]
+    python -m bench failover [--quick] [--planned N] [--crash N] [--auto N] [--only manual|auto]
 
 Two real dr-provision nodes and a client, each in its own network namespace on one bridge
 (198.18.0.0/15, VIP 198.18.0.100/24 on eth0). A background writer in the client namespace
@@ -15,6 +15,8 @@ counted as stuck_requests and would otherwise hide when the new active starts an
 - crash: kill -9 the active (its namespace keeps the VIP: the guard sees no dr-provision behind
   it and takes over), then USR1 to the passive; measured from the USR1. The killed node is
   restarted with its stale ha-state.json (the guard keeps it passive) and catches up.
+
+auto_crash and auto_fence (automatic failover through etcd, three nodes): bench/autofailover.py.
 
 Also reported: the server's own share, from the new active's "accepting writes (N ms after the
 switch began)" log line. The last line of output is one JSON object.
@@ -118,16 +120,28 @@ def run(planned_runs: int, crash_runs: int, workdir: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench failover")
-    ap.add_argument("--quick", action="store_true", help="3 planned and 2 crash runs")
+    ap.add_argument("--quick", action="store_true", help="3 planned, 2 crash, 3 auto_crash and 3 auto_fence runs")
     ap.add_argument("--planned", type=int, default=None)
     ap.add_argument("--crash", type=int, default=None)
+    ap.add_argument("--auto", type=int, default=None,
+                    help="rounds of auto_crash and of auto_fence (3 with --quick, else 7)")
+    ap.add_argument("--only", choices=("manual", "auto"), default=None,
+                    help="only the manual (planned, crash) or only the automatic measurements")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench failover needs root (network namespaces)", file=sys.stderr)
         return 2
     planned = args.planned if args.planned is not None else (3 if args.quick else 10)
     crash = args.crash if args.crash is not None else (2 if args.quick else 5)
+    auto = args.auto if args.auto is not None else (3 if args.quick else 7)
+    out: dict = {}
     with tempfile.TemporaryDirectory(prefix="drp-bench-failover-") as tmp:
-        out = run(planned, crash, Path(tmp))
+        for sub in ("manual", "auto"):
+            (Path(tmp) / sub).mkdir()
+        if args.only != "auto":
+            out.update(run(planned, crash, Path(tmp) / "manual"))
+        if args.only != "manual" and auto > 0:
+            from bench.autofailover import run as run_auto
+            out.update(run_auto(auto, Path(tmp) / "auto"))
     print(json.dumps(out))
     return 0

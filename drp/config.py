@@ -77,6 +77,36 @@ def _url(text: str) -> str:
     return text
 
 
+def _urls(text: str) -> tuple[str, ...]:
+    urls = tuple(part.strip() for part in str(text).split(",") if part.strip())
+    if not urls:
+        raise ValueError("no URL given")
+    for url in urls:
+        u = urlparse(url)
+        if u.scheme not in ("https", "http") or not u.hostname:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        try:
+            u.port
+        except ValueError:
+            raise ValueError(f"{url!r} has a bad port") from None
+    return urls
+
+
+def _lease_ttl(text: str) -> int:
+    """Whole seconds: etcd leases are granted in seconds, and etcd's shortest (at its
+    default 100 ms heartbeat, 1 s election) is 2 s."""
+    value = parse_duration(text)
+    if value != int(value) or not 2 <= value <= 60:
+        raise ValueError("must be a whole number of seconds from 2s to 60s")
+    return int(value)
+
+
+def _prefix(text: str) -> str:
+    if not text.startswith("/") or not text.endswith("/") or len(text) < 3:
+        raise ValueError("must start and end with / (like /drp/cluster1/)")
+    return text
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -142,6 +172,13 @@ OPTIONS = [
     ("ha-sync-timeout", parse_duration, "5s", "a duration like 5s", "how long an In-Sync passive may hold a write"),
     ("ha-handover-timeout", parse_duration, "10s", "a duration like 10s", "how long a graceful switch to passive waits for passives"),
     ("ha-log-retention", _positive_int, "100000", "a number of entries, at least 1", "change-log entries kept for resuming passives"),
+    # automatic failover through etcd (drp/ha/autopilot.py); no endpoints = manual HA
+    ("ha-etcd-endpoints", _urls, None, "comma-separated URLs like http://10.0.0.1:2379,http://10.0.0.2:2379", "etcd members for automatic failover (none: switch by hand)"),
+    ("ha-etcd-ca", Path, None, "a PEM CA certificate file", "CA that signs the etcd members' certificates"),
+    ("ha-etcd-cert", Path, None, "a PEM certificate file", "client certificate for etcd"),
+    ("ha-etcd-key", Path, None, "a PEM key file", "client key for etcd"),
+    ("ha-etcd-prefix", _prefix, None, "a key prefix like /drp/cluster1/", "where this cluster's keys live in etcd (default /drp/<ha-id>/)"),
+    ("ha-lease-ttl", _lease_ttl, "2s", "a whole number of seconds from 2s to 60s", "leader lease: a crashed active is replaced about this long after it stops renewing"),
     # input bounds (drp/api/limits.py): each refusal names its flag
     ("max-object-size", _limit_size, "4MiB", "a size like 4MiB (1KiB to 1TiB)", "largest JSON body (objects, users, passwords, patches) and largest patched object"),
     ("max-content-size", _limit_size, "32MiB", "a size like 32MiB (1KiB to 1TiB)", "largest content bundle body (a bundle holds many objects)"),
@@ -188,6 +225,12 @@ class Config:
     ha_sync_timeout: float
     ha_handover_timeout: float
     ha_log_retention: int
+    ha_etcd_endpoints: tuple[str, ...] | None
+    ha_etcd_ca: Path | None
+    ha_etcd_cert: Path | None
+    ha_etcd_key: Path | None
+    ha_etcd_prefix: str | None
+    ha_lease_ttl: int
     max_object_size: int
     max_content_size: int
     max_yaml_alias_nodes: int
@@ -211,6 +254,10 @@ class Config:
         if self.ha_address is not None:
             return f"https://{self.ha_address.ip}:{self.api_port}/"
         return None
+
+    @property
+    def etcd_prefix(self) -> str:
+        return self.ha_etcd_prefix or f"/drp/{self.ha_id}/"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -279,7 +326,16 @@ def _validate(cfg: Config) -> None:
     script = cfg.ha_interface_script
     if script is not None and not (script.is_file() and os.access(script, os.X_OK)):
         raise ConfigError(f"--ha-interface-script: {str(script)!r} is not an executable file")
+    if (cfg.ha_etcd_cert is None) != (cfg.ha_etcd_key is None):
+        raise ConfigError("--ha-etcd-cert and --ha-etcd-key go together: give both or neither")
+    for flag, path in (("--ha-etcd-ca", cfg.ha_etcd_ca), ("--ha-etcd-cert", cfg.ha_etcd_cert),
+                       ("--ha-etcd-key", cfg.ha_etcd_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{flag}: {str(path)!r} is not a readable file")
     if not cfg.ha_enabled:
+        if cfg.ha_etcd_endpoints:
+            raise ConfigError("--ha-etcd-endpoints needs --ha-enabled true (automatic failover "
+                              "is for HA clusters)")
         return
     for flag, value in (("--ha-id", cfg.ha_id), ("--ha-address", cfg.ha_address),
                         ("--ha-token", cfg.ha_token), ("--ha-interface", cfg.ha_interface)):

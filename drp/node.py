@@ -58,6 +58,7 @@ class HaControl(Protocol):
     """The HA supervisor as the rest of the node sees it (drp.ha.supervisor.Supervisor)."""
     def status(self) -> RoleStatus: ...
     def replication_hub(self) -> Any: ...  # the active's hub (drp.ha.sender.Hub), else None
+    def leadership(self) -> Any: ...  # the active's leader lease (drp.ha.leadership), else None
     async def request_switch(self, role: str, done=None, hold=None) -> None: ...
 
 

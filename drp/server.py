@@ -14,6 +14,7 @@ from drp.api.app import create_app
 from drp.blob.static import static_service
 from drp.config import Config, ConfigError
 from drp.ha.follower import RAN_STANDALONE
+from drp.ha.autopilot import make_autopilot
 from drp.ha.supervisor import Supervisor
 from drp.metrics import metrics_service
 from drp.serving import hypercorn_config, serve_app
@@ -70,7 +71,7 @@ class Server:
         cfg = node.cfg
         supervisor = None
         if cfg.ha_enabled:  # the supervisor decides the role; until then, no writes
-            supervisor = node.ha = Supervisor(node)
+            supervisor = node.ha = Supervisor(node, autopilot=make_autopilot(node))
             node.store.refuse_writes("this node is starting up in HA mode; try again shortly")
         else:
             await node.store.write(lambda tx: nodemod.bootstrap(tx, node.drp_id), internal=True)

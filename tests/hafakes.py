@@ -206,7 +206,12 @@ class FakeNode:
     """One node: a real Store and Supervisor, fake world; start()/crash() as a process."""
 
     def __init__(self, segment: Segment, base: Path, drp_id: str, mac: str, *,
-                 passive: bool, sync_timeout: str = "0.5s", handover_timeout: str = "2s"):
+                 passive: bool, sync_timeout: str = "0.5s", handover_timeout: str = "2s",
+                 autopilot=None):
+        """autopilot: automatic failover, a function of the drp Node returning its
+        drp.ha.autopilot.Autopilot (tests/fakekv.py has an in-memory etcd for it)."""
+        self.make_autopilot = autopilot
+        self.autopilot = None
         self.segment, self.base, self.drp_id, self.mac = segment, base, drp_id, mac
         self.args = ["--base-root", str(base), "--drp-id", drp_id, "--ha-enabled", "true",
                      "--ha-id", "inproc", "--ha-address", VIP_CIDR, "--ha-interface", "lo",
@@ -237,7 +242,8 @@ class FakeNode:
         self.fetcher = LocalFetcher(self.segment, self.base / "ha" / "partial", self.fetch_delay)
         seams = Seams(vip=self.vip, connect=self._connect, fetcher=lambda: self.fetcher,
                       guard=self._guard)
-        self.supervisor = node.ha = Supervisor(node, seams)
+        self.autopilot = self.make_autopilot(node) if self.make_autopilot else None
+        self.supervisor = node.ha = Supervisor(node, seams, self.autopilot)
         self.store.refuse_writes("this node is starting up in HA mode; try again shortly")
         self._ended = trio.Event()
         self.alive = True

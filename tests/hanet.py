@@ -126,6 +126,10 @@ class Node(DrpServer):
         self._http: NetnsClient | None = None
 
     @property
+    def drp_id(self) -> str:
+        return self.args[self.args.index("--drp-id") + 1]
+
+    @property
     def http(self) -> NetnsClient:
         """A client for this node's own address, from inside its namespace."""
         if self._http is None:
@@ -192,6 +196,7 @@ class Writer:
         self.ns, self.prefix = ns, prefix
         self.acked: list[tuple[float, float, str]] = []
         self.errors: list[tuple[float, float, str]] = []  # (sent, failed, exception name)
+        self.nodes: dict[str, str] = {}  # name -> the drp-id that acknowledged it (X-DRP-Node)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
                          for i in range(loops)]
@@ -217,6 +222,7 @@ class Writer:
                     self.errors.append((sent, time.monotonic(), type(e).__name__))
                     ok = False
                 if ok:
+                    self.nodes[name] = r.headers.get("X-DRP-Node", "")
                     self.acked.append((sent, time.monotonic(), name))
                     time.sleep(0.01)
                 else:

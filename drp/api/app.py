@@ -11,8 +11,10 @@ from drp.api import authn, blueprints, oserrors, rbac, sendtimeout, streaming
 from drp.api.errors import MAPPED, ApiError, api_error
 from drp.api.respond import json_response
 from drp.node import Node
+from drp.store.errors import NotReplicated
 
 log = logging.getLogger("drp.api")
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def create_app(node: Node) -> QuartTrio:
@@ -36,6 +38,9 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.before_request
     async def _auth_http():
+        # The leader lease a write is answered under (automatic failover), checked again
+        # just before the answer leaves: see _say_who.
+        request.leadership = node.ha.leadership() if node.ha is not None else None
         request.user = await app.authenticator.authenticate(request.headers,
                                                             request.remote_addr)
         await _authorize(request)
@@ -47,6 +52,23 @@ def create_app(node: Node) -> QuartTrio:
         websocket.user = await app.authenticator.authenticate(websocket.headers,
                                                               websocket.remote_addr)
         await _authorize(websocket)
+
+    @app.after_request
+    async def _say_who(response):
+        leadership = getattr(request, "leadership", None)
+        if leadership is not None and request.method not in READS and response.status_code < 300:
+            # The store's gate checked the lease when the write was confirmed; a pause (GC,
+            # SIGSTOP) between there and here would otherwise let the answer out after
+            # another node took over. Committed and replicated, but not confirmed: retry.
+            try:
+                leadership.check()
+            except NotReplicated as err:  # HA_UNCONFIRMED
+                failed = api_error(err)
+                response = json_response(failed.body(), failed.code, failed.headers)
+        # Behind the VIP, which node answered (tests and operators record who acknowledged
+        # a write across a failover).
+        response.headers["X-DRP-Node"] = node.drp_id
+        return response
 
     @app.errorhandler(ApiError)
     async def _api_error(err: ApiError):

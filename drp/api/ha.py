@@ -115,6 +115,11 @@ async def _switch(role: str):
     await node.ha.request_switch(role, done, hold)
     with trio.move_on_after(SWITCH_TIMEOUT):
         await done.wait()
+        # With automatic failover a passive only asks the active to hand over: the answer
+        # waits until the leader key has reached this node.
+        while getattr(node.ha, "autopilot", None) is not None and role == "active" and \
+                node.status().role != role and not node.status().reason:
+            await trio.sleep(0.05)
     status = node.status()
     if done.is_set() and status.role != role and status.reason:
         raise ApiError(409, status.reason, model="system", key=role)

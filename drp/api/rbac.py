@@ -77,6 +77,12 @@ ROUTES: dict[str, Callable[[dict, str, str], Need]] = {
     "ha.system_active": lambda a, m, u: Need("system", "update", "active"),
     "ha.system_passive": lambda a, m, u: Need("system", "update", "passive"),
     "ha.forget_pin": lambda a, m, u: Need("ha", "delete", a["drp_id"], superuser=True),
+    # automatic failover's view and its pause (drp.api.ha_cluster): superuser, as the pins
+    "ha_cluster.state": lambda a, m, u: Need("ha", "get", "state", superuser=True),
+    "ha_cluster.peers": lambda a, m, u: Need("ha", "get", "peers", superuser=True),
+    "ha_cluster.leader": lambda a, m, u: Need("ha", "get", "leader", superuser=True),
+    "ha_cluster.pause": lambda a, m, u: Need("ha", "update", "pause", superuser=True),
+    "ha_cluster.resume": lambda a, m, u: Need("ha", "update", "resume", superuser=True),
     "blobs.list_files": _blob("files", None),
     "blobs.upload_file": _blob("files", "rel"),
     "blobs.get_file": _blob("files", "rel"),

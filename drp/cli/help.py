@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from drp.cli.client import CliError
+from drp.cli.ha import subcommand
 from drp.cli.commands import COMMANDS, GLOBAL_FLAGS, HELP_FLAGS, KIND_SUMMARIES, Command, lookup
 
 WIDTH = 100
@@ -87,4 +88,4 @@ def help_text(words: list[str]) -> str:
         return top_help()
     if len(words) == 1:
         return kind_help(words[0])
-    return verb_help(lookup(words[0], words[1]))
+    return verb_help(subcommand(words) or lookup(words[0], words[1]))

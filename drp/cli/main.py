@@ -10,7 +10,7 @@ import sys
 # httpx then goes without (its `except ImportError` fallback).
 sys.modules.setdefault("httpx._main", None)
 
-from drp.cli import blobs, objects, params, system  # noqa: E402,F401  (register their verbs)
+from drp.cli import blobs, ha, objects, params, system  # noqa: E402,F401  (register their verbs)
 from drp.cli.client import CliError, Client  # noqa: E402
 from drp.cli.commands import GLOBAL_FLAGS, HELP_FLAGS, command, describe, lookup, need  # noqa: E402
 from drp.cli.help import help_text  # noqa: E402
@@ -103,7 +103,7 @@ def run(argv: list[str]) -> int:
     # `drpcli`, `drpcli help [KIND [VERB]]` and -h/--help anywhere answer help, as cobra's does
     if not argv or rest[:1] == ["help"] or any(a in HELP_FLAGS for a in rest):
         words = [a for a in rest[rest[:1] == ["help"]:] if a not in HELP_FLAGS]
-        print(help_text(words[:2]))
+        print(help_text(words[:3]))  # three: `system ha SUBVERB --help`
         return 0
     if len(rest) < 2:
         raise CliError("need KIND VERB; see drpcli --help")

@@ -244,6 +244,15 @@ class ActiveTracker:
         """In-Sync passives that have not acked seq: a write at seq returns when this is empty."""
         return {p.id for p in self._passives.values() if p.holds_writes and p.acked < seq}
 
+    def in_sync(self) -> frozenset[str]:
+        """The passives In-Sync now (the sync set an etcd-run active publishes)."""
+        return frozenset(p.id for p in self._passives.values() if p.state == IN_SYNC)
+
+    def acked_by(self, passive_id: str) -> int:
+        """The highest seq this passive acked (-1 if it never connected to this active)."""
+        p = self._passives.get(passive_id)
+        return p.acked if p is not None else -1
+
     def released_through(self) -> int | None:
         """Every write at or below this seq may return (None: no passive holds writes back)."""
         return min((p.acked for p in self._passives.values() if p.holds_writes),

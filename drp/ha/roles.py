@@ -11,6 +11,11 @@ ActiveRole: epoch bump, the VIP and its gratuitous ARP, the store's write gate o
   removed is black-holed). Failing to take the VIP raises RoleFailed from `nursery.start`.
 PassiveRole: the write gate closed, the follower. Leaving on request (a planned switch to
   active) first drains what a handing-over active still sends.
+
+With automatic failover (drp.ha.autopilot) the active also holds the leader lease (`Lead`):
+its keeper, the sync set and the deadline check on every acknowledgement live and die with
+the role; a lost lease fences it (writes refused at once, then the role ends without a
+handover). The passive runs the campaign for the leader key.
 """
 from __future__ import annotations
 
@@ -23,12 +28,14 @@ import trio
 
 from drp import __version__
 from drp.ha.active_session import Local
+from drp.ha.etcd import EtcdError
 from drp.ha.follower import RAN_STANDALONE, Connect, Follower
 from drp.ha.sender import Hub
 from drp.ha.vip_control import VipControl, VipError
 from drp.metrics import EPOCH, ROLE
 from drp.node import bootstrap, RoleStatus
 from drp.platform_id import goarch, goos
+from drp.store.errors import NotReplicated
 
 log = logging.getLogger("drp.ha")
 CLEANUP_BUDGET = 3.0  # seconds shielded cleanup may take when a role ends
@@ -43,6 +50,15 @@ class Seams:
     fetcher: Callable[[], object]  # a new drp.ha.transfer.Fetcher (or a test's) per role
     guard: Callable[[], Awaitable[str | None]]  # why not to become active now, or None
     clock: Callable[[], float] = time.monotonic
+
+
+@dataclass
+class Lead:
+    """What an etcd-elected active holds (None in manual HA)."""
+    autopilot: object  # drp.ha.autopilot.Autopilot
+    leadership: object  # drp.ha.leadership.Leadership
+    on_lost: Callable[[str], None]  # the supervisor's: leave the role now, no handover
+    hand_over: Callable[[str], None]  # the supervisor's: hand over to that passive
 
 
 class RoleFailed(Exception):
@@ -81,6 +97,7 @@ class _Role:
         self.began, self.switched = began, switched
         self._leave = trio.Event()
         self._hold: VipHold | None = None
+        self._to = ""
         self._left = trio.Event()
         # Serving in this role: the active once it accepts writes on the VIP, the passive once
         # it follows or has said why it cannot (systemd's READY=1 waits for the first role's).
@@ -91,9 +108,10 @@ class _Role:
         since = "switch began" if self.switched else "node started taking the role"
         return f"{(self.seams.clock() - self.began) * 1000:.0f} ms after the {since}"
 
-    async def leave(self, hold: VipHold | None = None) -> None:
-        """Leave this role gracefully; returns once it has ended."""
-        self._hold = hold
+    async def leave(self, hold: VipHold | None = None, to: str = "") -> None:
+        """Leave this role gracefully (an active: handing over, to `to` if named); returns
+        once it has ended."""
+        self._hold, self._to = hold, to
         self._leave.set()
         await self._left.wait()
 
@@ -101,11 +119,14 @@ class _Role:
 class ActiveRole(_Role):
     name = "active"
 
-    def __init__(self, node, seams: Seams, began: float, switched: bool = True):
+    def __init__(self, node, seams: Seams, began: float, switched: bool = True,
+                 lead: Lead | None = None):
         super().__init__(node, seams, began, switched)
         self.hub: Hub | None = None  # while serving passives
         self._status = RoleStatus("active", "Up", node.drp_id)
         self.vip_held = False
+        self.lead = lead
+        self.fenced: str | None = None  # why the lease was lost (the role ends, no handover)
 
     def status(self) -> RoleStatus:
         hub = self.hub
@@ -124,23 +145,33 @@ class ActiveRole(_Role):
             EPOCH.set(epoch)
             log.info("active: epoch %d begins at seq %d (%s)", epoch, store.head,
                      self._ms())
+            lead = self.lead
+            if lead is not None:
+                await self._start_epoch(epoch)
             await self._take_vip()
             hub = self.hub = Hub(store, self._local(), self.cfg.base_root / "ha" / "snapshots",
                                  self.cfg.ha_sync_timeout, clock)
             async with trio.open_nursery() as nursery:
+                if lead is not None:
+                    nursery.start_soon(lead.autopilot.hold, lead.leadership, hub, self._lost,
+                                       lead.hand_over)
                 nursery.start_soon(vip.announce)
                 if getattr(vip, "announces", False):
                     log.info("active: announcing %s from %s with gratuitous ARP (a burst of 5 "
                              "now, another in 3 s)", vip.ip, vip.mac())
                 nursery.start_soon(hub.expire_loop)
-                store.accept_writes(hub.wait_synced)
+                store.accept_writes(hub.wait_synced if lead is None
+                                    else lead.leadership.gate(hub.wait_synced))
                 ROLE.set(1)
                 node.status_line(f"active: serving on {vip.cidr} (epoch {epoch})")
                 log.info("active: accepting writes (%s)", self._ms())
                 self.ready.set()
                 task_status.started(self)
                 await self._leave.wait()
-                await self._handover()
+                if self.fenced is None:
+                    await self._handover()
+                    if lead is not None:
+                        await self._release()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -149,7 +180,39 @@ class ActiveRole(_Role):
                     await self._drop_vip()
                 if self.hub is not None:
                     self.hub.close()  # ends every session; writes waiting on acks are released
+                if self.lead is not None and self.lead.leadership.lost is None:
+                    # Stopped (SIGTERM) or failed: let a passive in the sync set take over
+                    # now rather than when the lease runs out.
+                    with trio.move_on_after(1.0):
+                        await self.lead.leadership.give_up()
                 self._left.set()
+
+    async def _start_epoch(self, epoch: int) -> None:
+        try:
+            await self.lead.autopilot.start_epoch(self.lead.leadership, epoch)
+        except NotReplicated as e:
+            raise RoleFailed(f"could not record epoch {epoch} in etcd before the leader "
+                             f"lease ran out: {e}") from None
+        log.info("active: sync set of epoch %d recorded in etcd (%s)", epoch, self._ms())
+
+    def _lost(self, reason: str) -> None:
+        """The lease is lost or about to be: refuse writes now (before any other node can
+        hold `leader`), then let the supervisor end the role."""
+        self.fenced = reason
+        self.store.refuse_writes(passive_reason(self.node) + f" (fenced: {reason})")
+        self._status = RoleStatus("passive", "Fenced")
+        self.lead.on_lost(reason)
+
+    async def _release(self) -> None:
+        """After the handover: give up the leader key (to the named passive, if any)."""
+        autopilot, leadership = self.lead.autopilot, self.lead.leadership
+        autopilot.holdoff_until = self.seams.clock() + 2 * leadership.ttl
+        with trio.move_on_after(CLEANUP_BUDGET):
+            try:
+                await leadership.release(self._to)
+            except EtcdError as e:
+                log.warning("could not release the leader key (%s); it expires with its "
+                            "lease in %gs", e, leadership.ttl)
 
     def _local(self) -> Local:
         return Local(self.cfg.ha_id, self.node.drp_id, goos(), goarch(), __version__,
@@ -215,9 +278,13 @@ class ActiveRole(_Role):
 class PassiveRole(_Role):
     name = "passive"
 
-    def __init__(self, node, seams: Seams, began: float, switched: bool = True):
+    def __init__(self, node, seams: Seams, began: float, switched: bool = True,
+                 campaign: Callable[[], Awaitable[None]] | None = None):
+        """campaign: with automatic failover, the task that takes the leader key when it
+        may (it asks the supervisor for the active role)."""
         super().__init__(node, seams, began, switched)
         self.follower = Follower(node, seams.connect, seams.fetcher(), seams.clock)
+        self.campaign = campaign
 
     def status(self) -> RoleStatus:
         f = self.follower
@@ -233,10 +300,15 @@ class PassiveRole(_Role):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.follower.run)
                 nursery.start_soon(self._ready_when_following)
+                if self.campaign is not None:
+                    nursery.start_soon(self.campaign)
                 task_status.started(self)
                 await self._leave.wait()
-                # A planned switch: take what a handing-over active still sends.
-                await self.follower.drain(self.cfg.ha_handover_timeout)
+                # A planned switch: take what a handing-over active still sends. (Not when
+                # we won the leader key: being in the sync set, we hold every acknowledged
+                # write, and a crashed active sends nothing more.)
+                if self.campaign is None:
+                    await self.follower.drain(self.cfg.ha_handover_timeout)
                 nursery.cancel_scope.cancel()
         finally:
             self._left.set()

@@ -53,6 +53,10 @@ class Hub:
         self.closed = False
         self.final_head: int | None = None  # set by begin_handover
         self._sessions: dict[trio.CancelScope, ActiveSession] = {}
+        # With automatic failover: the members of the sync set (committed in etcd, or being
+        # written there). Each holds writes back whatever its session's state, until etcd
+        # has recorded that it left the set (drp.ha.leadership).
+        self.pinned: frozenset[str] = frozenset()
 
     # ---- the role's calls -----------------------------------------------------------------
     def close(self) -> None:
@@ -77,7 +81,7 @@ class Hub:
         """For a graceful handover: every In-Sync passive has the head (bounded by timeout)."""
         self._sync_head()
         with trio.move_on_after(timeout):
-            while self.tracker.must_wait_for(self.store.head):
+            while self.owed(self.store.head):
                 await self._changed.wait()
             return True
         return False
@@ -111,6 +115,21 @@ class Hub:
                 self._wake()
 
     # ---- sync gate ------------------------------------------------------------------------
+    def pin(self, members: frozenset[str]) -> None:
+        self.pinned = frozenset(members)
+        self._wake()
+
+    def owed(self, seq: int) -> set[str]:
+        """The passives a write at seq still waits for."""
+        tracker = self.tracker
+        owed = tracker.must_wait_for(seq)
+        owed.update(m for m in self.pinned if tracker.acked_by(m) < seq)
+        return owed
+
+    async def changed(self) -> None:
+        """Until the passives' states or acks next change."""
+        await self._changed.wait()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -125,13 +144,13 @@ class Hub:
     async def wait_synced(self, seq: int) -> None:
         """The store's replication hook: return once no In-Sync passive owes an ack for seq."""
         self._sync_head()
-        if not self.tracker.must_wait_for(seq):
+        if not self.owed(seq):
             return
         started = time.monotonic()
-        while self.tracker.must_wait_for(seq) and not self.closed:
+        while self.owed(seq) and not self.closed:
             await self._changed.wait()
         SYNC_WAIT.observe(time.monotonic() - started)
-        if self.tracker.must_wait_for(seq):
+        if self.owed(seq):
             # The role ended before the passives confirmed it: never report such a write as
             # replicated (a passive taking over may not have it).
             raise NotReplicated(f"the write (seq {seq}) is committed on this node but no "
