@@ -18,14 +18,20 @@ run: venv
 	$(VENV)/bin/dr-provision --base-root $(BASE_ROOT)
 
 # System packages the root-only tests use (netns, debootstrap for the systemd test, jq for the
-# operator tour); installed only when missing and when we are root.
+# operator tour, etcd, DHCP and TFTP clients, QEMU with iPXE for the PXE boot, tftpd-hpa and
+# Kea for the benchmarks); installed only when missing and when we are root. A daemon a package
+# started on install would hold ports 67 and 69: it is stopped.
 test-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  for p in ip:iproute2 jq:jq debootstrap:debootstrap etcd:etcd-server tftp:tftp-hpa curl:curl; do \
-	    command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; \
+	  for p in ip:iproute2 jq:jq debootstrap:debootstrap etcd:etcd-server tftp:tftp-hpa curl:curl \
+	           udhcpc:udhcpc dhclient:isc-dhcp-client in.tftpd:tftpd-hpa perfdhcp:kea-admin \
+	           kea-dhcp4:kea-dhcp4-server qemu-system-x86_64:qemu-system-x86 \
+	           /usr/lib/ipxe/qemu/efi-virtio.rom:ipxe-qemu; do \
+	    [ -e "$${p%%:*}" ] || command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p#*:}"; \
 	  done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	  pkill -x in.tftpd || true; pkill -x kea-dhcp4 || true; \
 	fi
 
 test: venv test-deps

@@ -107,6 +107,16 @@ def _prefix(text: str) -> str:
     return text
 
 
+def _ifnames(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    if not names:
+        raise ValueError("no interface named")
+    for name in names:
+        if not interface_exists(name):
+            raise ValueError(f"no network interface named {name!r} (see `ip link`)")
+    return names
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -156,6 +166,12 @@ OPTIONS = [
     ("api-address", _ip, "0.0.0.0", "an IP address to listen on like 127.0.0.1 (0.0.0.0 = all)", "address the API listens on"),
     ("static-address", _ip, "0.0.0.0", "an IP address to listen on like 127.0.0.1 (0.0.0.0 = all)", "address the static file server listens on"),
     ("metrics-address", _ip, "0.0.0.0", "an IP address to listen on like 127.0.0.1 (0.0.0.0 = all)", "address the metrics port listens on"),
+    # the provisioning plane (drp/dhcp, drp/tftp): served by the active or a standalone node
+    ("disable-dhcp", parse_bool, "false", "true or false", "do not serve DHCP"),
+    ("dhcp-port", _port, "67", "a port number 1-65535", "UDP port the DHCP server listens on"),
+    ("dhcp-ifs", _ifnames, None, "comma-separated interfaces like eth0,eth1", "interfaces DHCP answers on (default: all)"),
+    ("disable-tftp", parse_bool, "false", "true or false", "do not serve TFTP"),
+    ("tftp-port", _port, "69", "a port number 0-65535 (0 = any free port)", "UDP port the TFTP server listens on"),
     ("static-ip", _ip, None, "an IP address like 192.168.124.10", "this node's own address"),
     ("drp-id", str, None, "a non-empty id", "this node's id (default: lowest NIC MAC)"),
     ("tls-cert", Path, None, "a PEM certificate file", "TLS certificate"),
@@ -209,6 +225,11 @@ class Config:
     api_address: str
     static_address: str
     metrics_address: str
+    disable_dhcp: bool
+    dhcp_port: int
+    dhcp_ifs: tuple[str, ...] | None
+    disable_tftp: bool
+    tftp_port: int
     static_ip: str | None
     drp_id: str | None
     tls_cert: Path | None
@@ -320,6 +341,12 @@ def _validate(cfg: Config) -> None:
             # one port on two different addresses is fine; a wildcard address takes them all
             if p1 == p2 and (a1 == a2 or _wildcard(a1) or _wildcard(a2)):
                 raise ConfigError(f"{f2}: {p2} is already used by {f1}; want a different port")
+    if not cfg.disable_dhcp and cfg.dhcp_port == 0:
+        raise ConfigError("--dhcp-port: 0 is not valid; want a port number 1-65535 (clients "
+                          "send to 67), or --disable-dhcp true")
+    if not (cfg.disable_dhcp or cfg.disable_tftp) and cfg.tftp_port == cfg.dhcp_port:
+        raise ConfigError(f"--tftp-port: {cfg.tftp_port} is already used by --dhcp-port; want "
+                          "a different port")
     if cfg.ha_interface and not interface_exists(cfg.ha_interface):
         raise ConfigError(f"--ha-interface: no network interface named {cfg.ha_interface!r}; "
                           "want an existing interface like eth0 (see `ip link`)")

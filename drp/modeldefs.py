@@ -80,6 +80,10 @@ MODELS: dict[str, dict[str, str]] = {
         "Duration": "i", "Machine": "s", "NextServer": "s", "Options": "[DhcpOption]",
         "Parameter": "s", "Params": "m", "PrefixParameter": "s", "Profiles": "[s]",
         "Scoped": "b", "SkipDAD": "b", "Strategy": "s", "Subnet": "s", "Token": "s"},
+    "leases": _AUDIT | {
+        "Addr": "s", "Duration": "i", "ExpireTime": "t", "MachineUuid": "s", "NextServer": "s",
+        "Options": "[DhcpOption]", "ProvidedOptions": "[DhcpOption]", "SkipBoot": "b",
+        "State": "s", "Strategy": "s", "Token": "s", "Via": "s"},
     "bootenvs": _AUDIT | {
         "BootParams": "s", "Description": "s", "Documentation": "s", "EndDelimiter": "s",
         "Initrds": "[s]", "Kernel": "s", "Loaders": "ms", "Name": "s", "OS": "OsInfo",
@@ -106,7 +110,14 @@ MODELS: dict[str, dict[str, str]] = {
         "Claims": "[Claim]", "Description": "s", "Documentation": "s", "Name": "s"},
 }
 # Where a field left out is not its zero value: dr-provision creates a job "created".
-DEFAULTS: dict[str, dict] = {"jobs": {"State": "created"}}
+# dr-provision fills a subnet's lease times, strategy and pickers when they are left out.
+DEFAULTS: dict[str, dict] = {
+    "jobs": {"State": "created"},
+    "subnets": {"ActiveLeaseTime": 60, "ReservedLeaseTime": 7200, "Strategy": "MAC",
+                "Pickers": ["hint", "nextFree", "mostExpired"]},
+    "reservations": {"Strategy": "MAC"},
+    "leases": {"Strategy": "MAC"},
+}
 
 # Fields in the order they are stored and served (the docs' order): one order on every node.
 MODELS = {kind: dict(sorted(spec.items())) for kind, spec in MODELS.items()}

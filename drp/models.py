@@ -6,6 +6,8 @@ ID, everything else by Name.
 from __future__ import annotations
 
 import ipaddress
+import re
+import secrets
 import uuid
 from dataclasses import dataclass, field
 
@@ -56,6 +58,7 @@ KINDS: dict[str, Kind] = {
         _kind("params", "param", "Name", ("Name",)),
         _kind("subnets", "subnet", "Name", ("Name", "Subnet")),
         _kind("reservations", "reservation", "Addr", ("Addr",)),
+        _kind("leases", "lease", "Addr", ("Addr",)),
         _kind("bootenvs", "bootEnv", "Name", ("Name",)),
         _kind("stages", "stage", "Name", ("Name",)),
         _kind("tasks", "task", "Name", ("Name",)),
@@ -99,6 +102,10 @@ def normalize(kind: Kind, obj, *, key: str | None = None, current: dict | None =
     obj = dict(obj)
     if kind.generated_key and not obj.get(kind.key):
         obj[kind.key] = key or str(uuid.uuid4())
+    if kind.name == "machines" and not obj.get("Secret"):
+        # dr-provision gives every machine a random Secret (its tokens are signed with it;
+        # changing it revokes them); one left out of an update keeps the current one.
+        obj["Secret"] = (current or {}).get("Secret") or secrets.token_urlsafe(12)
     if kind.name == "users" and current is None:
         # A user created without Roles is a superuser (only a superuser may create users);
         # Roles: [] means no claims at all. (An update without Roles keeps the current ones.)
@@ -154,9 +161,91 @@ def _kind_checks(kind: str, obj: dict) -> list[str]:
                     isinstance(v, str) for v in claim.values()):
                 problems.append(f"Claims[{i}] must be an object of strings: scope, action, "
                                 "specific (each a comma-separated list or *)")
+    if kind in ("subnets", "reservations", "leases"):
+        problems += dhcp_checks(kind, obj)
     if kind == "jobs" and obj.get("State") not in (None, "created", "running", "failed",
                                                    "finished", "incomplete"):
         problems.append("State must be one of created, running, failed, finished, incomplete")
+    return problems
+
+
+PICKERS = ("none", "hint", "nextFree", "mostExpired")
+# Options each message sets itself (the lease times: ActiveLeaseTime, ReservedLeaseTime).
+SERVER_OPTIONS = {50: "the requested address", 51: "the lease time", 52: "overload",
+                  53: "the message type", 54: "the server identifier", 55: "the client's list",
+                  57: "the client's size", 58: "T1, half the lease time",
+                  59: "T2, three quarters of the lease time", 61: "the client identifier"}
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def dhcp_checks(kind: str, obj: dict) -> list[str]:
+    """What drp's DHCP server (drp.dhcp) can serve: dr-provision's MAC strategy, managed
+    subnets, ranges inside their subnet, options whose values are templates it can render."""
+    problems = []
+    if obj.get("Strategy") not in (None, "", "MAC"):
+        problems.append(f"Strategy {obj['Strategy']!r} is not supported: drp leases by MAC")
+    for name in ("Proxy", "Unmanaged"):
+        if obj.get(name) is True:
+            problems.append(f"{name} subnets are not supported by drp; set {name} to false")
+    for name in ("ActiveLeaseTime", "ReservedLeaseTime", "Duration"):
+        value = obj.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            problems.append(f"{name} must not be negative")
+    token = obj.get("Token")
+    if kind == "reservations" and isinstance(token, str) and token and not MAC.fullmatch(token):
+        problems.append(f"Token {token!r} is not a MAC address like 52:54:00:12:34:56 "
+                        "(lower case, colons)")
+    for i, option in enumerate(obj.get("Options") or []):
+        problems += _option_problems(f"Options[{i}]", option)
+    pickers = obj.get("Pickers")
+    if kind == "subnets" and isinstance(pickers, list):
+        problems += [f"Pickers: {p!r} is not one of {', '.join(PICKERS)}"
+                     for p in pickers if p not in PICKERS]
+    if kind == "subnets":
+        problems += _range_problems(obj)
+    return problems
+
+
+def _option_problems(where: str, option) -> list[str]:
+    """What a well-typed option may still get wrong (types: said by modelvalues.fill)."""
+    # What DHCP will send is checked here; imported on first use (it loads scapy, ~0.5 s).
+    from drp.dhcp import optvalues, template
+    if not isinstance(option, dict):
+        return []
+    code, value = option.get("Code"), option.get("Value", "")
+    if not isinstance(code, int) or isinstance(code, bool) or not isinstance(value, str):
+        return []
+    if not 1 <= code <= 254:
+        return [f"{where}.Code must be a DHCP option code from 1 to 254"]
+    if code in SERVER_OPTIONS:
+        return [f"{where}: option {code} ({SERVER_OPTIONS[code]}) is not configurable"]
+    try:
+        template.check(value)
+        if value and "{{" not in value:  # a plain value: its encoding can be checked now
+            # (an empty one is not sent, as a template that renders to nothing)
+            optvalues.encode(code, value)
+    except (template.TemplateError, optvalues.BadOption) as e:
+        return [f"{where}.Value: {e}"]
+    return []
+
+
+def _range_problems(obj: dict) -> list[str]:
+    try:
+        net = ipaddress.ip_network(obj.get("Subnet") or "", strict=False)
+    except ValueError:
+        return []  # said by the Subnet check
+    if net.version != 4:
+        return [f"Subnet {obj['Subnet']!r}: drp serves DHCPv4 only"]
+    problems, ends = [], {}
+    for name in ("ActiveStart", "ActiveEnd"):
+        try:
+            ends[name] = ipaddress.ip_address(obj.get(name) or "")
+        except ValueError:
+            continue
+        if ends[name] not in net:
+            problems.append(f"{name} {obj[name]} is not inside Subnet {obj['Subnet']}")
+    if len(ends) == 2 and not problems and ends["ActiveStart"] > ends["ActiveEnd"]:
+        problems.append(f"ActiveStart {obj['ActiveStart']} is after ActiveEnd {obj['ActiveEnd']}")
     return problems
 
 

@@ -7,6 +7,7 @@ server's fields set and a client's attempt to change one refused.
 """
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timezone
 
 from drp.modeldefs import DEFAULTS, MODELS, NESTED, SERVER_FIELDS, ZERO_TIME, type_name, zero
@@ -62,12 +63,12 @@ def _fill_fields(spec: dict[str, str], obj: dict, prefix: str, problems: list[st
     for name, code in spec.items():
         value = obj.get(name)
         if value is None or (value == "" and name in defaults):
-            out[name] = defaults[name] if name in defaults else zero(code)
+            # a copy: a default list must not be shared by every object filled from it
+            out[name] = copy.deepcopy(defaults[name]) if name in defaults else zero(code)
         else:
             out[name] = _check(code, value, prefix + name, problems)
-    for name, value in obj.items():  # fields the model lacks are kept as the client sent them
-        if name not in out:
-            out[name] = value
+    # Fields the model lacks are dropped, as dr-provision's JSON decoding into its Go structs
+    # drops them (gin's binding ignores unknown fields): they are neither stored nor served.
     return out
 
 
@@ -156,14 +157,12 @@ def complete(kind: str, obj: dict) -> dict:
     for name, code in MODELS[kind].items():
         value = obj.get(name)
         if value is None:
-            value = _LEGACY_SERVER.get(name, DEFAULTS.get(kind, {}).get(name, zero(code)))
+            value = _LEGACY_SERVER.get(name, copy.deepcopy(DEFAULTS.get(kind, {}).get(name))
+                                       if name in DEFAULTS.get(kind, {}) else zero(code))
         else:
             value = _check(code, value, name, [])  # completes; a wrong type is kept as it is
         out[name] = value
-    for name, value in obj.items():
-        if name not in out:
-            out[name] = value
-    return out
+    return out  # fields outside the model are dropped (see _fill_fields)
 
 
 def complete_nested(model: str, obj: dict) -> dict:

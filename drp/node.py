@@ -73,6 +73,7 @@ class Node:
     websockets: set = field(default_factory=set)  # cancel scopes of open websocket handlers
     cert_path: Path | None = None
     key_path: Path | None = None
+    plane: Any = None  # drp.plane.Plane: what DHCP and TFTP are doing (None: neither runs)
 
     def status(self) -> RoleStatus:
         return self.ha.status() if self.ha is not None else STANDALONE
@@ -124,16 +125,18 @@ def bootstrap(tx, drp_id: str) -> bool:
     return created
 
 
-# dr-provision's default ports for the services drp does not run yet (its --dhcp-port,
-# --tftp-port, --binl-port, --dns-port and --secure-static-port): Info reports them disabled.
-DHCP_PORT, TFTP_PORT, BINL_PORT, DNS_PORT, SECURE_FILE_PORT = 67, 69, 4011, 53, 8090
+# dr-provision's default ports for the services drp does not run (its --binl-port,
+# --dns-port and --secure-static-port): Info reports them disabled.
+BINL_PORT, DNS_PORT, SECURE_FILE_PORT = 4011, 53, 8090
 
 
 def info(node: Node, stats: list[dict], node_uuid: str) -> dict:
     """dr-provision's Info (drppy-client's models/info.py): every field it requires, true for
     this node. `stats` is [{name, count}]; node_uuid is this node's stable id (the store's
     `local` table). The ha_* keys are read by the HA code and tests: keep them as they are."""
-    cfg, status = node.cfg, node.status()
+    cfg, status, plane = node.cfg, node.status(), node.plane
+    dhcp = plane.dhcp if plane else None
+    tftp = plane.tftp if plane else None
     return {
         "arch": goarch(), "os": goos(), "version": f"v{__version__}",
         "id": node.drp_id, "local_id": node.drp_id, "uuid": node_uuid, "ha_id": cfg.ha_id or "",
@@ -141,12 +144,15 @@ def info(node: Node, stats: list[dict], node_uuid: str) -> dict:
         "address": cfg.static_ip or (str(cfg.ha_address.ip) if cfg.ha_address else ""),
         "prov_enabled": True,  # the static file server always runs
         "secure_prov_enabled": False, "secure_file_port": SECURE_FILE_PORT,  # no HTTPS files
-        "dhcp_enabled": False, "dhcp_port": DHCP_PORT,
-        "tftp_enabled": False, "tftp_port": TFTP_PORT,
+        # serving now (a passive serves neither; a port that could not be bound: see errors)
+        "dhcp_enabled": bool(dhcp and dhcp.serving),
+        "dhcp_port": dhcp.port if dhcp else cfg.dhcp_port,
+        "tftp_enabled": bool(tftp and tftp.serving),
+        "tftp_port": tftp.port if tftp else cfg.tftp_port,
         "binl_enabled": False, "binl_port": BINL_PORT,
         "dns_enabled": False, "dns_port": DNS_PORT,
         "manager": False,  # drp manages no other endpoints
-        "errors": [],
+        "errors": plane.errors() if plane else [],
         "ha_enabled": cfg.ha_enabled, "ha_is_active": status.role != "passive",
         "ha_status": status.ha_status,
         # the system-assigned HA id of this endpoint: its uuid, when it is in a cluster

@@ -10,6 +10,7 @@ import sys
 import trio
 
 from drp import config as configmod, node as nodemod, systemd, tls
+from drp.plane import Plane
 from drp.api.app import create_app
 from drp.blob.static import static_service
 from drp.config import Config, ConfigError
@@ -62,6 +63,7 @@ class Server:
             cert, key = await trio.to_thread.run_sync(tls.ensure_certificate, cfg)
             node = nodemod.Node(cfg=cfg, store=store, drp_id=drp_id)
             node.cert_path, node.key_path = cert, key
+            node.plane = Plane(node)
             node.status_line = lambda text: systemd.notify(f"STATUS={text}")
             await self._run_node(node)
         finally:
@@ -81,12 +83,15 @@ class Server:
         # begins, so a graceful stop takes as long as the services need, not the full grace.
         daemons: list[trio.CancelScope] = []
 
-        async def daemon(fn, *args):
+        async def daemon(fn, *args, task_status=None):
             with trio.CancelScope() as scope:  # a scope may be entered only once: one each
                 daemons.append(scope)
                 if self.stop.is_set():  # started after the stop began
                     scope.cancel()
-                await fn(*args)
+                if task_status is None:
+                    await fn(*args)
+                else:  # started with nursery.start: ready when fn says so
+                    await fn(*args, task_status=task_status)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(daemon, self._watch_signals, node, nursery.cancel_scope)
             urls = await nursery.start(serve_app, app,
@@ -103,7 +108,9 @@ class Server:
                     with ha_scope:
                         await supervisor.run(task_status=task_status)
                 await nursery.start(run_ha)
-            else:
+            else:  # a standalone node serves the provisioning plane itself
+                for start in node.plane.starters():
+                    await nursery.start(daemon, start)
                 node.status_line("standalone: serving")
             # What starting made (modules, the app, its routes: ~80k objects) lives as long as
             # the process: kept out of the collector's sight, full collections stop walking it,

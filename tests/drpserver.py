@@ -52,9 +52,13 @@ class DrpServer:
         return f"https://{self.host}:{self.api_port}"
 
     def command(self) -> list[str]:
+        # DHCP and TFTP stay off unless a test asks for them: many nodes share one namespace,
+        # and DHCP must never answer outside the namespaces a test made.
+        plane = [arg for flag in ("--disable-dhcp", "--disable-tftp")
+                 if not any(a.startswith(flag) for a in self.args) for arg in (flag, "true")]
         return [*self.prefix, str(BIN / "dr-provision"), "--base-root", str(self.base_root),
                 "--api-port", str(self.api_port), "--static-port", str(self.static_port),
-                "--metrics-port", str(self.metrics_port), *self.args]
+                "--metrics-port", str(self.metrics_port), *plane, *self.args]
 
     def start(self, wait: bool = True) -> "DrpServer":
         self.log = open(self.log_path, "ab")

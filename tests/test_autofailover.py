@@ -318,6 +318,52 @@ def test_switchover_by_drpcli(auto):
     assert resp.headers["X-DRP-Node"] == target
 
 
+def test_switchover_to_a_named_passive(auto):
+    """`drpcli system passive DRP_ID` hands the key to that passive, never to the other one;
+    a name outside the sync set is refused and the active stays."""
+    n1 = auto.nodes[0]
+    out = n1.lab_host.run([str(BIN / "drpcli"), "system", "passive", "n9"], check=False,
+                          env={**n1.drpcli_env(), "RS_ENDPOINT": n1.url}, timeout=60)
+    assert out.returncode != 0 and "n9 is not in the sync set" in out.stderr, out
+    assert auto.leader() == "n1" and n1.has_vip()
+
+    t0 = time.monotonic()
+    info = drpcli_in(n1, "system", "passive", "n3")
+    assert info["ha_is_active"] is False, info
+    seen = []
+    while time.monotonic() - t0 < 15 and (not seen or seen[-1] != "n3"):
+        seen.append(auto.leader())
+        time.sleep(0.02)
+    assert seen[-1] == "n3" and "n2" not in seen, seen
+    resp = wait_write_accepted(auto, "after-named")
+    assert resp.headers["X-DRP-Node"] == "n3"
+    print(f"named switchover n1 -> n3: {time.monotonic() - t0:.2f}s")
+
+
+def test_etcd_raft_leader_killed(auto, writers):
+    """etcd elects a new raft leader (~1 s at its defaults) while drp's lease is held: the
+    lease survives (etcd extends leases when a leader takes over) and no write is lost;
+    whether the active rides it out or fences is printed, since etcd's election may take
+    longer than the 2 s TTL's margin on a loaded machine."""
+    n1 = auto.nodes[0]
+    w = writers("raft")
+    leader_member = next(i for i in range(3) if i not in auto.etcd_followers())
+    t0 = time.monotonic()
+    auto.etcd.kill(leader_member)
+    time.sleep(3 * TTL)
+    resp = wait_write_accepted(auto, "after-raft-election")
+    holder = auto.leader()
+    assert resp.headers["X-DRP-Node"] == holder
+    fenced = FENCING in n1.logs()
+    print(f"etcd raft leader killed: drp leader {holder}, n1 fenced: {fenced}, "
+          f"first write after {first_ack(w, t0) - t0:.2f}s")
+    w.stop()
+    auto.etcd.restart(leader_member)
+    assert_none_lost(w, auto.node(holder))
+    if not fenced:
+        assert holder == "n1"
+
+
 def test_usr2_refused_without_a_sync_passive(auto):
     n1, n2, n3 = auto.nodes
     n2.kill()

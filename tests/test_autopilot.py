@@ -13,7 +13,7 @@ from trio.testing import wait_all_tasks_blocked
 from drp.ha.autopilot import Autopilot
 from drp.ha.consensus import Cluster, Keys, SyncSet
 from drp.ha.etcd import Delete, Kv, Put
-from drp.ha.leadership import Leadership, campaign, margin_for
+from drp.ha.leadership import RETRY_AFTER_FAILURE, Leadership, campaign, margin_for
 from drp.node import RoleStatus
 from drp.store.errors import NotReplicated
 from tests.fakekv import FakeClock, FakeKv
@@ -181,6 +181,29 @@ async def test_keepalive_answered_minus_one_fences(autojump_clock):
     assert lost[0][0] - revoked <= 2 / 3 + 1e-9  # at the next renewal
     with pytest.raises(NotReplicated):
         lead.check()
+
+
+async def test_a_short_etcd_outage_is_ridden_out_by_retrying_soon(autojump_clock):
+    """etcd unreachable for 0.8 s (a raft election), back before the deadline: the keeper
+    retries every RETRY_AFTER_FAILURE instead of waiting a third of the TTL, so it renews
+    within that of etcd's return and never fences."""
+    kv = FakeKv()
+    lead = await win(kv)
+    sends = timed_keepalives(kv)
+    lost: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lead.keep, lambda why: lost.append(trio.current_time()))
+        await trio.sleep(0.7)  # just after the renewal at 2/3 s
+        kv.cut()
+        await trio.sleep(0.8)
+        kv.heal()
+        healed = trio.current_time()
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    assert not lost
+    first_after = min(t for t, ok in sends if ok and t >= healed)
+    assert first_after - healed <= RETRY_AFTER_FAILURE + 1e-9
+    assert lead.deadline > healed + 1.0
 
 
 async def test_etcd_unreachable_fences_exactly_at_the_deadline(autojump_clock):

@@ -13,7 +13,7 @@ from drppy_client import MachinesApi, ProfilesApi
 from drppy_client.models import Machine, Profile
 from drppy_client.rest import ApiException
 
-from drp.store.filterops import matches, parse
+from drp.store.filterops import FilterError, matches, parse
 from tests.drppy import drppy  # noqa: F401  (the fixture)
 
 TAG = "filters"  # every machine made here has this Context, so other objects never match
@@ -234,3 +234,14 @@ def test_matching_rules():
     assert matches(parse("F", "Gt(2.5)"), 3) and not matches(parse("F", "Lt(x)"), 3)
     assert matches(parse("F", "Re(true)"), True) and matches(parse("F", "Re(^1)"), 12)
     assert matches(parse("F", "In(a,b)"), ["c", "b"]) and not matches(parse("F", "In(a,b)"), [])
+
+
+def test_re_is_go_regexp_re2():
+    """Re(...) is RE2, as Go's regexp: POSIX classes and \\pL match, Perl-only constructs that
+    RE2 refuses (backreferences, lookaheads) are a 406 reason, not a silent Python match."""
+    assert matches(parse("F", "Re(^[[:alpha:]]+$)"), "abc") and \
+        not matches(parse("F", "Re(^[[:alpha:]]+$)"), "ab1")
+    assert matches(parse("F", r"Re(^\pL+$)"), "été")
+    for pattern in (r"(a)\1", "(?=a)a", "(?<!b)a"):
+        with pytest.raises(FilterError, match="not a regular expression"):
+            parse("F", f"Re({pattern})")

@@ -68,8 +68,15 @@ def test_yaml_bundle(drp):
                    headers={"Content-Type": "application/yaml"})
         assert r.status_code == 201, r.text
         assert c.get("/stages/s1").json()["Tasks"] == ["t-one", "t-two"]
-        # YAML without a Content-Type is recognised too
+        # POST of a bundle that exists is dr-provision's 409 (its frontend's createContent);
+        # PUT /contents/<name> replaces it. YAML without a Content-Type is recognised too.
         r = c.post("/contents", content=YAML_BUNDLE.replace("v2", "v3"))
+        assert r.status_code == 409
+        assert r.json() == {"Model": "contents", "Key": "yamly", "Type": "POST", "Code": 409,
+                            "Messages": ["content bundle yamly already exists: PUT "
+                                         "/contents/yamly replaces it"]}
+        assert c.get("/contents/yamly").json()["meta"]["Version"] == "v2"
+        r = c.put("/contents/yamly", content=YAML_BUNDLE.replace("v2", "v3"))
         assert r.status_code == 200 and r.json()["meta"]["Version"] == "v3"
 
 
@@ -153,6 +160,11 @@ def test_drpcli_contents(drp, tmp_path):
     drp.drpcli("contents", "upload", str(tmp_path / "b.json"))
     names = [b["meta"]["Name"] for b in json.loads(drp.drpcli("contents", "list").stdout)]
     assert names == ["base", "yamly"]
+    # upload of an installed bundle replaces it (POST is a 409 there; drpcli then PUTs)
+    again = json.loads(drp.drpcli("contents", "upload", str(tmp_path / "b.yaml")).stdout)
+    assert again["meta"]["Name"] == "yamly"
+    assert [b["meta"]["Name"] for b in json.loads(drp.drpcli("contents", "list").stdout)] == \
+        ["base", "yamly"]
     shown = json.loads(drp.drpcli("contents", "show", "yamly").stdout)
     assert sorted(shown["sections"]["tasks"]) == ["t-one", "t-two"]
     assert drp.drpcli("contents", "destroy", "yamly").stdout.strip() == "Deleted content yamly"

@@ -38,12 +38,12 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.before_request
     async def _auth_http():
+        req = request._get_current_object()  # one context lookup, not one per attribute
         # The leader lease a write is answered under (automatic failover), checked again
         # just before the answer leaves: see _say_who.
-        request.leadership = node.ha.leadership() if node.ha is not None else None
-        request.user = await app.authenticator.authenticate(request.headers,
-                                                            request.remote_addr)
-        await _authorize(request)
+        req.leadership = node.ha.leadership() if node.ha is not None else None
+        req.user = await app.authenticator.authenticate(req.headers, req.remote_addr)
+        await _authorize(req)
 
     @app.before_websocket
     async def _auth_ws():
@@ -55,8 +55,9 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.after_request
     async def _say_who(response):
-        leadership = getattr(request, "leadership", None)
-        if leadership is not None and request.method not in READS and response.status_code < 300:
+        req = request._get_current_object()
+        leadership = getattr(req, "leadership", None)
+        if leadership is not None and req.method not in READS and response.status_code < 300:
             # The store's gate checked the lease when the write was confirmed; a pause (GC,
             # SIGSTOP) between there and here would otherwise let the answer out after
             # another node took over. Committed and replicated, but not confirmed: retry.

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import logging
 import math
+import time
 
 import trio
 
@@ -56,6 +57,15 @@ class Authenticator:
         self._objects: dict[tuple[str, str], tuple[tuple[int, int], dict | None]] = {}
         # (user name, its Roles) -> (roles' store version, compiled claims)
         self._claims: dict[tuple[str, tuple], tuple[tuple[int, int], tuple]] = {}
+        # The same, found by the user object itself (the one _get hands out while users do not
+        # change): id(user) -> (user, (users, roles) versions, compiled claims). The entry
+        # holds the user, so its id cannot be reused while the entry lives.
+        self._claims_of: dict[int, tuple[dict, tuple, tuple]] = {}
+        # Bearer tokens whose signature was checked: token -> ((users, secrets) versions, user,
+        # expiry). A hit skips decoding and the HMAC; any commit to users or secrets (a new
+        # password, a deleted user, a new cluster secret) misses, and expiry is checked on
+        # every hit. Only good signatures get in, so forged tokens cannot fill it.
+        self._tokens: dict[str, tuple[tuple, dict, float]] = {}
 
     async def _get(self, kind: str, key: str) -> dict | None:
         version = self.store.version(kind)
@@ -75,18 +85,27 @@ class Authenticator:
     async def claims(self, user: dict) -> tuple:
         """The user's compiled claims (drp.claims), remembered until roles change: a
         request costs a dict lookup, not a store read."""
+        versions = (self.store.version("users"), self.store.version("roles"))
+        mine = self._claims_of.get(id(user))
+        if mine is not None and mine[0] is user and mine[1] == versions:
+            return mine[2]
         roles = user.get("Roles")
         roles = tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ()
         cache_key = (str(user.get("Name", "")), roles)
-        version = self.store.version("roles")
+        version = versions[1]
         hit = self._claims.get(cache_key)
         if hit is not None and hit[0] == version:
-            return hit[1]
-        found = [claims.BUILTIN_ROLES.get(r) or await self._get("roles", r) for r in roles]
-        compiled = claims.user_claims(cache_key[0], found)
-        if len(self._claims) > 10_000:
-            self._claims.clear()
-        self._claims[cache_key] = (version, compiled)
+            compiled = hit[1]
+        else:
+            found = [claims.BUILTIN_ROLES.get(r) or await self._get("roles", r) for r in roles]
+            compiled = claims.user_claims(cache_key[0], found)
+            if len(self._claims) > 10_000:
+                self._claims.clear()
+            self._claims[cache_key] = (version, compiled)
+        if self.store.version("users") == versions[0]:
+            if len(self._claims_of) > 10_000:
+                self._claims_of.clear()
+            self._claims_of[id(user)] = (user, versions, compiled)
         return compiled
 
     async def secret(self) -> str:
@@ -171,6 +190,10 @@ class Authenticator:
         # string, used for nothing but the lookup of that user; verify_token() then checks the
         # HMAC before any claim is trusted. An unknown user is refused like a bad signature
         # (same message), so forged tokens do not tell which users exist.
+        versions = (self.store.version("users"), self.store.version("secrets"))
+        hit = self._tokens.get(token)
+        if hit is not None and hit[0] == versions and time.time() < hit[2]:
+            return hit[1]
         name = "(unreadable)"
         try:
             name = auth.token_user(token)
@@ -179,13 +202,19 @@ class Authenticator:
                     and hmac.compare_digest(token.encode(), self.ha_token.encode()) \
                     and await self._store_is_empty():
                 return {**_EMPTY_STORE_USER, "Name": name}
-            auth.verify_token(await self.secret(), token, (user or {}).get("Secret", ""))
+            checked = auth.verify_token(await self.secret(), token,
+                                        (user or {}).get("Secret", ""))
             if user is None:
                 raise auth.TokenError("token signature does not match this cluster "
                                       "(or its user is gone)")
         except auth.TokenError as e:
             self.failed_log.failed(name, source, str(e))
             raise _unauthorized(str(e)) from None
+        # Kept only when nothing was committed to users or secrets while they were read.
+        if (self.store.version("users"), self.store.version("secrets")) == versions:
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            self._tokens[token] = (versions, user, checked["exp"])
         return user
 
 

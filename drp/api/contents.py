@@ -1,7 +1,9 @@
 """Content bundles: /api/v3/contents. A bundle (JSON or YAML) is
     {"meta": {"Name", "Version", "Description", ...}, "sections": {kind: {key: object}}}
 and is stored as ONE change-log entry that replaces all of its objects at once. Its objects are
-ReadOnly and carry Bundle=<name>; a bundle may not take over objects owned by anyone else."""
+ReadOnly and carry Bundle=<name>; a bundle may not take over objects owned by anyone else.
+As in dr-provision, POST makes a bundle that does not exist yet (409 for one that does) and
+PUT /contents/<name> replaces one that does (404 otherwise)."""
 from __future__ import annotations
 
 import datetime
@@ -11,7 +13,7 @@ import json
 import trio
 from quart import Blueprint, current_app, request
 
-from drp import models, modelvalues
+from drp import models, modelvalues, paramschema
 from drp.api import bundleyaml, jsonbody, limits
 from drp.api.errors import ApiError
 from drp.api.respond import json_response
@@ -112,6 +114,12 @@ def build(doc: dict, url_name: str | None = None, user: str = "") -> tuple[str, 
             except models.ObjectError as e:
                 problems += [f"{kind_name}/{key}: {m}" for m in e.messages]
                 continue
+            if kind_name == "params":  # a definition's Schema must be one (as an API write)
+                try:
+                    paramschema.check_schema(stored.get("Schema"))
+                except paramschema.BadSchema as e:
+                    problems.append(f"params/{key}: {e}")
+                    continue
             objects.append([kind_name, key, stored])
             counts[kind_name] = counts.get(kind_name, 0) + 1
     if problems:
@@ -147,6 +155,9 @@ def _put(name: str, record: dict, objects: list, *, must_exist: bool):
         if must_exist and current is None:
             raise ApiError(404, f"content bundle {name} not found", model="contents", key=name,
                            type_="NotFound")
+        if not must_exist and current is not None:  # dr-provision's answer; PUT replaces
+            raise ApiError(409, f"content bundle {name} already exists: PUT /contents/{name} "
+                           "replaces it", model="contents", key=name, type_="POST")
         conflicts = []
         for kind, key, _ in objects:
             have = tx.get(kind, key)
@@ -157,7 +168,6 @@ def _put(name: str, record: dict, objects: list, *, must_exist: bool):
                            "own; nothing was changed", *conflicts[:100], model="contents",
                            key=name, type_="Conflict")
         tx.record("contents", name, "put", {"record": record, "objects": objects})
-        return current is None
     return put
 
 
@@ -186,8 +196,8 @@ async def list_contents():
 @bp.post("/contents")
 async def create_contents():
     name, record, objects = await _body_bundle()
-    created = await _store().write(_put(name, record, objects, must_exist=False))
-    return json_response(record, 201 if created else 200)
+    await _store().write(_put(name, record, objects, must_exist=False))
+    return json_response(record, 201)
 
 
 @bp.route("/contents/<name>", methods=["GET", "HEAD"])

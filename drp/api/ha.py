@@ -4,7 +4,8 @@
 /api/v3/ha/snapshot/<id>  the snapshot file announced to a passive (Range for resume)
 /api/v3/ha/blobs/<path>   a blob's current bytes (Range, X-DRP-SHA256SUM)
 /api/v3/system/active     switch this node to active (as SIGUSR1 does)
-/api/v3/system/passive    switch this node to passive (as SIGUSR2 does)
+/api/v3/system/passive    switch this node to passive (as SIGUSR2 does); ?to=<drp-id> hands
+                          the leader key to that passive (automatic failover only)
 /api/v3/system/ha/pins/<drp-id>  DELETE: forget the certificate pinned for that active
 """
 from __future__ import annotations
@@ -103,16 +104,20 @@ async def blob(path: str):
     return blob_response(request, opened, model="ha", key=path, size=size)
 
 
-async def _switch(role: str):
+async def _switch(role: str, to: str = ""):
     node = current_app.node
     if node.ha is None:
         raise ApiError(409, "HA is not enabled on this node (--ha-enabled)", model="system",
                        key=role)
+    if to and getattr(node.ha, "autopilot", None) is None:
+        raise ApiError(409, "naming the next active needs automatic failover "
+                       "(--ha-etcd-endpoints); in manual HA send USR1 (`drpcli system active`) "
+                       "to the passive that should take over", model="system", key=role)
     done = trio.Event()
     local = (request.scope.get("server") or ("", 0))[0]
     hold = VipHold(done) if role == "passive" and local == str(node.cfg.ha_address.ip) \
         else None
-    await node.ha.request_switch(role, done, hold)
+    await node.ha.request_switch(role, done, hold, to=to)
     with trio.move_on_after(SWITCH_TIMEOUT):
         await done.wait()
         # With automatic failover a passive only asks the active to hand over: the answer
@@ -156,4 +161,4 @@ async def system_active():
 
 @bp.post("/system/passive")
 async def system_passive():
-    return await _switch("passive")
+    return await _switch("passive", request.args.get("to", ""))

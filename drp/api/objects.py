@@ -8,8 +8,8 @@ import jsonpointer
 import trio
 from quart import Blueprint, Response, current_app, request
 
-from drp import auth, models
-from drp.api import jsonbody, limits
+from drp import auth, models, secureparams
+from drp.api import jsonbody, limits, paramvalues
 from drp.api import rbac
 from drp.api.errors import ApiError
 from drp.api.respond import json_response
@@ -109,6 +109,9 @@ async def list_objects(kind: str):
                "X-DRP-List-Filter-Count": str(matched), "X-DRP-List-Total-Count": str(total)}
     if request.method == "HEAD":
         return "", 200, headers
+    if "decode" in request.args and kind in paramvalues.PARAMS_KINDS \
+            and paramvalues.wants_decode(kind):  # secure params opened (getSecure)
+        objs = await _decoded(kind, objs)
     return json_response([models.public(k.name, o) for o in objs], headers=headers)
 
 
@@ -120,9 +123,22 @@ async def get_object(kind: str, key: str):
         raise not_found(k, key)
     if request.method == "HEAD":
         return "", 200
+    if "decode" in request.args and kind in paramvalues.PARAMS_KINDS \
+            and paramvalues.wants_decode(kind, key):  # secure params opened (getSecure)
+        return json_response((await _decoded(kind, [json.loads(text)]))[0])
     if kind not in models.HIDDEN_FIELDS:  # as stored is as served: no decode and re-encode
         return Response(text, 200, content_type="application/json")
     return json_response(models.public(kind, json.loads(text)))
+
+
+async def _decoded(kind: str, objs: list[dict]) -> list[dict]:
+    """The objects with the secure params the caller may read (getSecure on each) opened."""
+    opener = await paramvalues.opener(_store())
+    claims, key_field = request.claims, models.KINDS[kind].key
+    return [{**o, "Params": secureparams.decoded(o["Params"], opener)}
+            if isinstance(o.get("Params"), dict)
+            and allowed(claims, kind, "getSecure", str(o.get(key_field))) else o
+            for o in objs]
 
 
 @bp.post("/<kind>")
@@ -141,8 +157,9 @@ async def create_object(kind: str):
                            type_="Conflict")
         _check_unique_name(tx, k, key, obj)
         rbac.check_write(tx, claims, kind, key, None, obj)
-        tx.record(kind, key, "create", obj)
-        return obj
+        stored = paramvalues.check_write(tx, kind, key, obj, None)  # Schema, Secure
+        tx.record(kind, key, "create", stored)
+        return stored
     created = await _store().write(create)
     return json_response(models.public(kind, created), 201)
 
@@ -160,6 +177,7 @@ async def replace_object(k: models.Kind, key: str, make_new) -> dict:
         new = models.normalize(k, new, key=key, current=current, user=user)
         _check_unique_name(tx, k, key, new)
         rbac.check_write(tx, claims, k.name, key, current, new)
+        new = paramvalues.check_write(tx, k.name, key, new, current)  # Schema, Secure
         tx.record(k.name, key, "update", new)
         return new
     claims, user = request.claims, _user_name()

@@ -6,7 +6,9 @@ As dr-provision answers them: reads need the kind's `get` claim on the object, c
 `update` claim (drp.api.rbac.ROUTES); a change is one write of the whole object through
 drp.api.objects.replace_object (validated, replicated, read-only objects refused). A param that is
 not set reads as null (200); only removing one answers 404. Param names may hold '/'
-(`ipmi/username`), so the name is the rest of the path.
+(`ipmi/username`), so the name is the rest of the path. What a param's definition says of its
+values (Schema, Secure) is applied by drp.api.paramvalues in that write; reads serve secure
+values as SecureData unless asked `decode=true` by a holder of the kind's getSecure claim.
 """
 from __future__ import annotations
 
@@ -16,17 +18,14 @@ import jsonpatch
 import jsonpointer
 from quart import Blueprint, current_app, request
 
-from drp import models
-from drp.api import jsonbody, limits, objects, rbac
+from drp import models, secureparams
+from drp.api import jsonbody, limits, objects, paramvalues
 from drp.api.errors import ApiError
 from drp.api.respond import json_response
-from drp.claims import allowed
 
 bp = Blueprint("params", __name__, url_prefix="/api/v3")
 
 GLOBAL_PROFILE = "global"  # dr-provision's profile whose params every object inherits last
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # what Go's strconv.ParseBool takes
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
 def _kind(kind: str) -> models.Kind:
@@ -37,23 +36,16 @@ def _kind(kind: str) -> models.Kind:
     return k
 
 
-def _flag(name: str, kind: str, key: str) -> bool:
-    value = request.args.get(name, "")
-    if value in _TRUE:
-        return True
-    if value in _FALSE or value == "":
-        return False
-    raise ApiError(400, f"{name}={value!r} is not a boolean: use true or false", model=kind,
-                   key=key)
+def _query_flags(kind: str, key: str) -> tuple[bool, bool]:
+    """(aggregate, decode): decode (secure params opened) needs the kind's getSecure claim."""
+    decode = paramvalues.wants_decode(kind, key)
+    return paramvalues.flag("aggregate", kind, key), decode
 
 
-def _query_flags(kind: str, key: str) -> bool:
-    """The aggregate flag. `decode` (decrypt secure params) needs the kind's getSecure claim,
-    as in dr-provision, and changes nothing: this server never encrypts a value (it serves
-    no /pubkey), so each is as it was sent."""
-    if _flag("decode", kind, key) and not allowed(request.claims, kind, "getSecure", key):
-        raise rbac.forbidden(kind, "getSecure", key)
-    return _flag("aggregate", kind, key)
+async def _opened(params: dict, decode: bool) -> dict:
+    if not decode:
+        return params
+    return secureparams.decoded(params, await paramvalues.opener(current_app.node.store))
 
 
 async def _stored(k: models.Kind, key: str) -> dict:
@@ -122,14 +114,14 @@ async def _change_params(k: models.Kind, key: str, change) -> dict:
 @bp.get("/<kind>/<key>/params")
 async def get_params(kind: str, key: str):
     k = _kind(kind)
-    aggregate = _query_flags(kind, key)
+    aggregate, decode = _query_flags(kind, key)
     obj = await _stored(k, key)
     params = await _aggregated(k, obj) if aggregate else _params_of(obj)
     wanted = request.args.get("params", "")
     if wanted:  # a comma-separated list of the names to return
         names = {n.strip() for n in wanted.split(",") if n.strip()}
         params = {n: v for n, v in params.items() if n in names}
-    return json_response(params)
+    return json_response(await _opened(params, decode))
 
 
 @bp.post("/<kind>/<key>/params")
@@ -176,12 +168,12 @@ def _name(name: str) -> str:
 @bp.get("/<kind>/<key>/params/<path:name>")
 async def get_param(kind: str, key: str, name: str):
     k = _kind(kind)
-    aggregate = _query_flags(kind, key)
+    aggregate, decode = _query_flags(kind, key)
     obj = await _stored(k, key)
     name = _name(name)
     params = await _aggregated(k, obj) if aggregate else _params_of(obj)
     if name in params:
-        return json_response(params[name])
+        return json_response((await _opened({name: params[name]}, decode))[name])
     return json_response(await _default(name) if aggregate else None)
 
 
@@ -190,8 +182,8 @@ async def set_param(kind: str, key: str, name: str):
     k = _kind(kind)
     value = await objects.json_body(kind, key)
     name = _name(name)
-    await _change_params(k, key, lambda current: {**current, name: value})
-    return json_response(value)
+    new = await _change_params(k, key, lambda current: {**current, name: value})
+    return json_response(_params_of(new).get(name))  # as stored: a secure one sealed
 
 
 @bp.delete("/<kind>/<key>/params/<path:name>")

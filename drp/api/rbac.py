@@ -2,6 +2,7 @@
 caller's claims (drp.claims) in one place, before the handler runs (drp.api.app)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,9 +27,14 @@ class Need:
     self_checked: bool = False  # the handler authenticates and authorizes itself
 
 
+# Needs are immutable: the object routes' (the hot path) are made once per (kind, action, key)
+_object_need = functools.lru_cache(maxsize=4096)(
+    lambda kind, action, key: Need(kind, action, key,
+                                   superuser=(kind, action) == ("users", "create")))
+
+
 def _objects(action: str) -> Callable:
-    return lambda a, m, u: Need(a["kind"], action, a.get("key", ""),
-                                superuser=(a["kind"], action) == ("users", "create"))
+    return lambda a, m, u: _object_need(a["kind"], action, a.get("key", ""))
 
 
 def _for_user(action: str) -> Callable:

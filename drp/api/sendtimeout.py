@@ -30,14 +30,18 @@ async def _protocol_send(self: TCPServer, event) -> None:
     if seconds is None or not isinstance(event, RawData):
         return await _original(self, event)
     async with self.send_lock:
-        with trio.CancelScope(shield=True):  # as hypercorn's: a write is never cut in half...
+        # As hypercorn's: a write is never cut in half by a cancellation from outside (shield),
+        # only by its own deadline, when the peer takes nothing for so long.
+        broken = False
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + seconds) as scope:
             try:
-                with trio.fail_after(seconds):  # ...unless the peer takes nothing for so long
-                    await self.stream.send_all(event.data)
+                await self.stream.send_all(event.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.protocol.handle(Closed())
-            except trio.TooSlowError:
-                log.info("closed an API connection: the peer took none of a reply's bytes "
-                         "for %gs (--send-timeout)", seconds)
-                await trio.aclose_forcefully(self.stream)
+                broken = True
+        if broken or scope.cancelled_caught:
+            with trio.CancelScope(shield=True):  # outside the deadline: closing is not cut
+                if not broken:
+                    log.info("closed an API connection: the peer took none of a reply's "
+                             "bytes for %gs (--send-timeout)", seconds)
+                    await trio.aclose_forcefully(self.stream)
                 await self.protocol.handle(Closed())

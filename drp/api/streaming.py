@@ -150,12 +150,15 @@ class BoundedASGIHTTPConnection(TrioASGIHTTPConnection):
         while True:
             watched = (not self._body_ended and isinstance(body, BoundedBody)
                        and body._must_raise is None and not body._released)
-            with trio.move_on_after(stall if watched else math.inf) as waited:
+            if watched and stall != math.inf:
+                with trio.move_on_after(stall) as waited:
+                    message = await receive()
+                if waited.cancelled_caught:  # the client sends nothing: answered 408
+                    body.fail(ApiError(408, f"the request body stalled: nothing arrived for "
+                                       f"{stall:g}s (the server's --body-timeout)"))
+                    continue
+            else:  # no body to wait for (a GET): no deadline, no cancel scope
                 message = await receive()
-            if waited.cancelled_caught:  # the client sends nothing: its handler answers 408
-                body.fail(ApiError(408, f"the request body stalled: nothing arrived for "
-                                   f"{stall:g}s (the server's --body-timeout)"))
-                continue
             if message["type"] == "http.request":
                 body.append(message.get("body", b""))
                 if not message.get("more_body", False):

@@ -3,6 +3,7 @@ hashes, and failed-login log lines at a bounded rate. Memory is bounded everywhe
 attacker makes up evict the least recently used entries instead of growing a table."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -22,6 +23,7 @@ CAPACITY = 10_000  # keys remembered per table
 HASH_NICE = 10  # how much lower the hash threads' CPU priority is
 
 
+@functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of a GET's auth
 def source_key(remote_addr: str | None) -> str:
     """Who is guessing: the client's IP address; for IPv6 its /64, which one host usually owns
     whole (one address per guess would otherwise dodge the count)."""

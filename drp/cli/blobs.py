@@ -219,13 +219,20 @@ BUNDLE = ("FILE", "the bundle in JSON or YAML (.yaml/.yml), or - for stdin")
 describe("contents", "Content bundles: sets of objects installed (and removed) together")
 
 
-@command("contents", "upload", "FILE", summary="Install a content bundle",
+@command("contents", "upload", "FILE",
+         summary="Install a content bundle, or replace the installed one of its name",
          arguments=(BUNDLE,), example="drpcli contents upload ./my-content.yaml")
 def _contents_upload(client, args):
     need(args, 1, "contents upload FILE")
     raw, ctype = _bundle_body(args[0])
-    return client.request("POST", "/contents", content=raw,
-                          headers={"Content-Type": ctype}).json()
+    headers = {"Content-Type": ctype}
+    resp = client.request("POST", "/contents", content=raw, headers=headers, ok=(201, 409))
+    if resp.status_code == 409:  # as dr-provision's drpcli: upload replaces an installed one
+        body = resp.json()
+        if body.get("Type") != "POST" or not body.get("Key"):  # another conflict: say it
+            raise CliError(error_text(resp))
+        resp = client.request("PUT", f"/contents/{body['Key']}", content=raw, headers=headers)
+    return resp.json()
 
 
 @command("contents", "update", "NAME FILE",

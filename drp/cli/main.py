@@ -60,11 +60,15 @@ def _active(client, args):
     return client.json("POST", "/system/active")
 
 
-@command("system", "passive",
+@command("system", "passive", "[DRP_ID]",
          summary="Make this node an HA passive (it gives up the VIP) and print its info",
-         example="drpcli system passive")
+         arguments=(("DRP_ID", "with automatic failover: the passive in the sync set that "
+                               "takes the leader key (default: the first to claim it)"),),
+         example="drpcli system passive node-b")
 def _passive(client, args):
-    return client.json("POST", "/system/passive")
+    if len(args) > 1:
+        raise CliError("usage: system passive [DRP_ID]")
+    return client.json("POST", "/system/passive", params={"to": args[0]} if args else None)
 
 
 @command("system", "forget-pin", "DRP_ID",

@@ -27,6 +27,7 @@ from drp.store.errors import NotReplicated
 log = logging.getLogger("drp.ha.etcd")
 RELEASED = "released"
 MARGIN = 0.25  # seconds before etcd could expire the lease that we stop acknowledging
+RETRY_AFTER_FAILURE = 0.1  # seconds between keep-alive attempts once one has failed
 
 
 def margin_for(ttl: float) -> float:
@@ -85,14 +86,26 @@ class Leadership:
         self._on_lost = on_lost
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._fence_at_deadline)
+            failed = False
             while self.lost is None:
                 sent = self.clock()
                 try:
                     ttl = await self.kv.keepalive(self.lease)
                 except EtcdError as e:
-                    log.warning("could not renew the leader lease (%s); fencing in %.2fs "
-                                "unless etcd answers", e, max(0.0, self.deadline - self.clock()))
+                    if not failed:
+                        log.warning("could not renew the leader lease (%s); fencing in %.2fs "
+                                    "unless etcd answers", e,
+                                    max(0.0, self.deadline - self.clock()))
+                    failed = True
+                    # etcd electing a new raft leader answers again within ~1 s: try again
+                    # soon rather than a third of the TTL later, which may be past the deadline.
+                    await trio.sleep(RETRY_AFTER_FAILURE)
+                    continue
                 else:
+                    if failed:
+                        log.info("renewed the leader lease again (%.2fs before the deadline)",
+                                 self.deadline - self.clock())
+                    failed = False
                     if ttl <= 0:
                         self.fence("etcd says the leader lease has expired")
                         break

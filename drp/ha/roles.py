@@ -5,7 +5,7 @@ roles; entering sets its state, leaving resets it in `finally`, shielded and bou
 it leaves on request (`await role.leave()`) or is cancelled (a stop, a crash of a task).
 
 ActiveRole: epoch bump, the VIP and its gratuitous ARP, the store's write gate open with the
-  replication hub as its sync hook, the hub serving passives. Leaving on request is the
+  replication hub as its sync hook, the hub serving passives, DHCP and TFTP (drp.plane). Leaving on request is the
   graceful handover: no new writes, the passives ack the last entry and are told it is the
   last, the sessions end, then the VIP goes (in that order: what we send after the VIP is
   removed is black-holed). Failing to take the VIP raises RoleFailed from `nursery.start`.
@@ -50,6 +50,9 @@ class Seams:
     fetcher: Callable[[], object]  # a new drp.ha.transfer.Fetcher (or a test's) per role
     guard: Callable[[], Awaitable[str | None]]  # why not to become active now, or None
     clock: Callable[[], float] = time.monotonic
+    # The provisioning plane the active serves (drp.plane: DHCP, TFTP), each an async
+    # fn(task_status); started once writes are taken, cancelled with the role.
+    services: Callable[[], list] = lambda: []
 
 
 @dataclass
@@ -162,6 +165,8 @@ class ActiveRole(_Role):
                 nursery.start_soon(hub.expire_loop)
                 store.accept_writes(hub.wait_synced if lead is None
                                     else lead.leadership.gate(hub.wait_synced))
+                for start in self.seams.services():
+                    await nursery.start(start)
                 ROLE.set(1)
                 node.status_line(f"active: serving on {vip.cidr} (epoch {epoch})")
                 log.info("active: accepting writes (%s)", self._ms())

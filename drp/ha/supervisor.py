@@ -66,7 +66,8 @@ def real_seams(node) -> Seams:
         vip=link,
         connect=websocket_connect(cfg.join_url, cfg.ha_token),
         fetcher=lambda: Fetcher(cfg.join_url, cfg.ha_token, cfg.base_root / "ha" / "partial"),
-        guard=lambda: guard.other_active(node, link))
+        guard=lambda: guard.other_active(node, link),
+        services=lambda: node.plane.starters() if node.plane is not None else [])
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from drp import udp
 from drp.blob import storage
 from drp.tftp import packets
 from drp.tftp.transfer import ReadTransfer
@@ -106,9 +107,10 @@ def _fitting_blksize(sock, family) -> int:
 def _local_address(ancdata, family, fallback: str) -> str:
     """The address a request was sent to (IP_PKTINFO), so the reply comes from it: a client
     that asked the VIP gets its blocks from the VIP, not from the host's first address."""
+    if family == stdsocket.AF_INET:
+        where = udp.arrival(ancdata)
+        return where[1] if where else fallback
     for level, kind, data in ancdata:
-        if family == stdsocket.AF_INET and kind == stdsocket.IP_PKTINFO and len(data) >= 12:
-            return stdsocket.inet_ntop(stdsocket.AF_INET, data[8:12])
         if family == stdsocket.AF_INET6 and kind == stdsocket.IPV6_PKTINFO and len(data) >= 16:
             return stdsocket.inet_ntop(stdsocket.AF_INET6, data[:16])
     return fallback
@@ -128,7 +130,7 @@ class TftpServer:
         sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
         with sock:
             if wildcard and family == stdsocket.AF_INET:
-                sock.setsockopt(stdsocket.IPPROTO_IP, stdsocket.IP_PKTINFO, 1)
+                udp.enable(sock)
             elif wildcard:
                 sock.setsockopt(stdsocket.IPPROTO_IPV6, stdsocket.IPV6_RECVPKTINFO, 1)
             await sock.bind((address, port))

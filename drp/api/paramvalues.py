@@ -1,0 +1,101 @@
+"""What a param's definition (a `params` object of the same name) says about its values, applied
+on every write of an object's Params (the params routes, and an object's create, PUT and
+PATCH: drp.api.objects calls check_write inside the write) and on the reads that may decode.
+
+- Schema (drp.paramschema): a value set or changed must match it, else 422 naming the param
+  and the reason. No definition, or one without a Schema: anything goes, as in dr-provision.
+  A value the object already had is not checked again (dr-provision does not re-check values
+  when a Schema changes either).
+- Secure (drp.secureparams): the value is stored and served as a SecureData; a plain value is
+  sealed here, a SecureData must open with this store's key (a GET-edit-PUT round trip sends
+  back the one it got). Its Schema is checked on the plain value.
+- A `params` object's own Schema must be a JSON schema (422 otherwise).
+"""
+from __future__ import annotations
+
+from quart import request
+
+from drp import models, paramschema, secureparams
+from drp.api import rbac
+from drp.api.errors import ApiError
+from drp.claims import allowed
+
+PARAMS_KINDS = frozenset(models.PARAM_KINDS)  # the kinds whose objects carry Params
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # what Go's strconv.ParseBool takes
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def flag(name: str, kind: str, key: str = "") -> bool:
+    """A boolean query argument, as Go's ParseBool takes it (the client sends `True`)."""
+    value = request.args.get(name, "")
+    if value in _TRUE:
+        return True
+    if value in _FALSE or value == "":
+        return False
+    raise ApiError(400, f"{name}={value!r} is not a boolean: use true or false", model=kind,
+                   key=key)
+
+
+def wants_decode(kind: str, key: str = "") -> bool:
+    """?decode=true: secure params opened; needs the kind's getSecure claim (on the object, or
+    on any one of them for a list), as in dr-provision."""
+    if not flag("decode", kind, key):
+        return False
+    if not allowed(request.claims, kind, "getSecure", key):
+        raise rbac.forbidden(kind, "getSecure", key)
+    return True
+
+
+async def opener(store) -> secureparams.Sealer | None:
+    """This store's Sealer for reads; None while nothing secure was ever stored."""
+    record = await store.get(secureparams.SECRET_KIND, secureparams.SECRET_KEY)
+    return secureparams.sealer(record) if record else None
+
+
+def _invalid(kind: str, key: str, messages: list[str]) -> ApiError:
+    return ApiError(422, *messages, model=kind, key=key, type_="ValidationError")
+
+
+def check_write(tx, kind: str, key: str, new: dict, current: dict | None) -> dict:
+    """The object as it is to be stored: its Params checked against their definitions and
+    secure ones sealed; raises a 422 ApiError listing each value refused."""
+    if kind == "params":
+        try:
+            paramschema.check_schema(new.get("Schema"))
+        except paramschema.BadSchema as e:
+            raise _invalid(kind, key, [f"param {key}: {e}"]) from None
+        return new
+    params = new.get("Params")
+    if kind not in PARAMS_KINDS or not isinstance(params, dict) or not params:
+        return new
+    before = (current or {}).get("Params")
+    before = before if isinstance(before, dict) else {}
+    out, problems, sealer = {}, [], None
+    for name, value in params.items():
+        out[name] = value
+        if name in before and before[name] == value:
+            continue  # as it was: checked (and sealed) when it was set
+        definition = tx.get("params", name)
+        if not definition:
+            continue
+        plain = value
+        if definition.get("Secure") is True:
+            if sealer is None:
+                sealer = secureparams.sealer_in(tx)
+            if secureparams.is_secure_data(value):
+                try:
+                    plain = sealer.open(value)
+                except secureparams.SecureDataError as e:
+                    problems.append(f"Key '{name}': invalid val: {e}")
+                    continue
+            else:
+                out[name] = sealer.seal(value)
+        why = paramschema.problem(definition.get("Schema"), plain,
+                                  secret=definition.get("Secure") is True)
+        if why:
+            shown = "(secure, not shown)" if definition.get("Secure") is True else \
+                f"'{paramschema.quoted(plain)}'"
+            problems.append(f"Key '{name}': invalid val {shown}: {why}")
+    if problems:
+        raise _invalid(kind, key, problems)
+    return {**new, "Params": out}

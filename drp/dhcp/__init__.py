@@ -1,0 +1,1 @@
+"""drp's DHCPv4 server: a sans-IO core (packets, optvalues, template, book, engine) under drp.dhcp.server."""
