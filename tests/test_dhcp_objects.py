@@ -5,6 +5,7 @@ Secret generated)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from drppy_client import api as rackn
@@ -116,3 +117,35 @@ def test_a_machine_gets_a_secret_and_keeps_it(drppy):
     assert r.status_code == 200 and r.json()["Secret"] == "rotated-secret-0001"
     other = machines.create_machine(rm.Machine(name="secret-holder-2"))
     assert other.secret != m.secret
+
+
+def test_a_port_that_cannot_be_bound_is_reported_and_the_api_serves_on(drp_factory):
+    """A second node on the same TFTP and DHCP ports: each service says why it is not
+    serving in Info's errors (and the log); the API answers."""
+    from tests.drpserver import free_port
+    tftp, dhcp = str(free_port()), str(free_port())
+    plane = ["--disable-tftp", "false", "--tftp-port", tftp,
+             "--disable-dhcp", "false", "--dhcp-port", dhcp, "--dhcp-ifs", "lo"]
+    first = drp_factory("first", *plane)
+    second = drp_factory("second", *plane)
+    with first.client() as c:
+        info = c.get("/info").json()
+        for _ in range(100):
+            if info["tftp_enabled"] and info["dhcp_enabled"]:
+                break
+            time.sleep(0.1)
+            info = c.get("/info").json()
+        assert (info["tftp_enabled"], info["dhcp_enabled"], info["errors"]) == (True, True, [])
+    with second.client() as c:
+        for _ in range(100):
+            info = c.get("/info").json()
+            if len(info["errors"]) == 2:
+                break
+            time.sleep(0.1)
+        assert (info["tftp_enabled"], info["dhcp_enabled"]) == (False, False), info
+        assert info["errors"] == [
+            f"dhcp: UDP port {dhcp} is in use by another program (another DHCP server?): stop "
+            "it, or set --dhcp-port or --disable-dhcp true",
+            f"tftp: UDP port {tftp} is in use by another program (another TFTP server?): stop "
+            "it, or set --tftp-port or --disable-tftp true"], info
+        assert c.post("/profiles", json={"Name": "still-serving"}).status_code == 201

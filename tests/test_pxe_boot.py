@@ -78,6 +78,7 @@ def upload(host, endpoint: str, env: dict, tmp_path, name: str, text: str) -> No
 def booted(vm: Vm, marker: str, addr: str, after: int = 0) -> int:
     """Wait for the script's marker line; the address iPXE printed must be `addr`."""
     end = vm.wait_console(marker, timeout=BOOT_TIMEOUT, after=after)
+    vm.wait_console("\n", timeout=10, after=end)  # the whole line: the serial file grows as we read
     line = vm.console()[end:].split("\n", 1)[0]
     assert line.strip() == f"ip={addr}", (line, vm.console()[after:][-2000:])
     return end

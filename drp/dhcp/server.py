@@ -93,7 +93,8 @@ class DhcpServer:
     async def serve(self, port: int, task_status) -> None:
         sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
         with sock:
-            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
+            # No SO_REUSEADDR: with it Linux lets a second DHCP server (another drp, dnsmasq)
+            # bind 67 as well and both would answer; without it that bind fails, and is said.
             sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_BROADCAST, 1)
             udp.enable(sock, stamps=True)
             await sock.bind(("0.0.0.0", port))
