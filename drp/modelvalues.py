@@ -12,10 +12,26 @@ from datetime import datetime, timezone
 
 from drp.modeldefs import DEFAULTS, MODELS, NESTED, SERVER_FIELDS, ZERO_TIME, type_name, zero
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # dr-provision's times: RFC 3339, UTC, microseconds
+
 
 def now_text() -> str:
     """The current time as dr-provision writes it: RFC 3339, UTC."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+
+
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # Go's strconv.ParseBool
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def parse_bool(text: str) -> bool | None:
+    """A boolean as dr-provision reads one from text (Go's strconv.ParseBool), else None."""
+    return True if text in _GO_TRUE else False if text in _GO_FALSE else None
+
+
+def time_text(when: float) -> str:
+    """An epoch time as dr-provision writes times: RFC 3339, UTC, to the microsecond."""
+    return datetime.fromtimestamp(when, timezone.utc).strftime(TIME_FORMAT)
 
 
 def parse_time(value) -> datetime | None:

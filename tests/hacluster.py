@@ -5,6 +5,7 @@ may be sent to 198.18.x), `--ha-interface lo` and an interface script that recor
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -105,6 +106,22 @@ def wait_in_sync(active: DrpServer, token: str, passives: int, timeout: float = 
             return states
         time.sleep(0.05)
     raise AssertionError(f"passives not In-Sync after {timeout}s: {states}\n{active.logs()[-3000:]}")
+
+
+@contextlib.contextmanager
+def in_sync_pair(tmp: Path):
+    """A loopback active `a` and passive `b`, b caught up and In-Sync: yields (a, b, token);
+    both are stopped at the end, pass or fail."""
+    seed_root, token = make_token(tmp)
+    cluster = Cluster(tmp, token, seed_root)
+    try:
+        a = cluster.node("a", passive=False)
+        b = cluster.node("b", passive=True)
+        b.wait_log("Stream switch to realtime streaming")
+        wait_in_sync(a, token, 1)
+        yield a, b, token
+    finally:
+        cluster.stop_all()
 
 
 def data_digest(server: DrpServer) -> dict:

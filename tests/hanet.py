@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.drpserver import AUTH, DrpServer
+from tests.drpserver import AUTH, BIN, DrpServer
 
 CLONE_NEWNET = 0x40000000
 VIP = "198.18.0.100"
@@ -139,6 +139,14 @@ class Node(DrpServer):
     def ping(self) -> None:
         """DrpServer.wait_ready's probe, sent from inside the node's namespace."""
         self.http.call(lambda h: h.get("/info", timeout=1))
+
+    def drpcli_in(self, *args: str, timeout: float = 60):
+        """drpcli run inside the node's own namespace, against its own address: its JSON
+        output (None when it prints nothing)."""
+        out = self.lab_host.run([str(BIN / "drpcli"), *args],
+                                env={**self.drpcli_env(), "RS_ENDPOINT": self.url},
+                                timeout=timeout)
+        return json.loads(out.stdout) if out.stdout.strip() else None
 
     def info(self) -> dict:
         return self.http.request("GET", "/info").json()

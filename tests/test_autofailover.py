@@ -123,13 +123,6 @@ def watch_leader(auto, seconds: float) -> list[str | None]:
     return seen
 
 
-def drpcli_in(node, *args: str) -> dict:
-    """drpcli run inside the node's own namespace, against its own address."""
-    out = node.lab_host.run([str(BIN / "drpcli"), *args],
-                            env={**node.drpcli_env(), "RS_ENDPOINT": node.url}, timeout=60)
-    return json.loads(out.stdout)
-
-
 def in_sync_passive(node) -> bool:
     info = node.info()
     return info["ha_status"] == "In-Sync" and not info["ha_is_active"]
@@ -306,13 +299,13 @@ def test_switchover_by_signals(auto):
 
 def test_switchover_by_drpcli(auto):
     n1 = auto.nodes[0]
-    info = drpcli_in(n1, "system", "passive")
+    info = n1.drpcli_in("system", "passive")
     assert info["ha_is_active"] is False, info
     first = auto.wait_leader(lambda leader: leader not in (None, "n1"), timeout=15)
     wait_for(lambda: in_sync_passive(n1), 20, "n1 to be an In-Sync passive")
     auto.wait_sync({"n1", "n2", "n3"} - {first}, timeout=20)
     target = "n3" if first != "n3" else "n1"
-    drpcli_in(auto.node(target), "system", "active")
+    auto.node(target).drpcli_in("system", "active")
     assert auto.wait_leader(lambda leader: leader == target, timeout=15) == target
     resp = wait_write_accepted(auto, "after-drpcli")
     assert resp.headers["X-DRP-Node"] == target
@@ -328,7 +321,7 @@ def test_switchover_to_a_named_passive(auto):
     assert auto.leader() == "n1" and n1.has_vip()
 
     t0 = time.monotonic()
-    info = drpcli_in(n1, "system", "passive", "n3")
+    info = n1.drpcli_in("system", "passive", "n3")
     assert info["ha_is_active"] is False, info
     seen = []
     while time.monotonic() - t0 < 15 and (not seen or seen[-1] != "n3"):

@@ -14,7 +14,7 @@ from drppy_client.rest import ApiException
 
 from drp.models import PARAM_KINDS
 from tests.drppy import client_for, drppy, error_body  # noqa: F401  (drppy: the fixture)
-from tests.hacluster import Cluster, make_token, wait_in_sync
+from tests.hacluster import in_sync_pair
 from tests.hacluster import http as ha_http
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -307,13 +307,7 @@ def test_drpcli_param_verbs(drppy):
 def test_param_changes_replicate(tmp_path):
     """Each param change is one replicated write: on the passive the moment it is answered,
     served there as on the active; the passive refuses param writes as any write."""
-    seed_root, token = make_token(tmp_path)
-    cluster = Cluster(tmp_path, token, seed_root)
-    try:
-        a = cluster.node("a", passive=False)
-        b = cluster.node("b", passive=True)
-        b.wait_log("Stream switch to realtime streaming")
-        wait_in_sync(a, token, 1)
+    with in_sync_pair(tmp_path) as (a, b, token):
         with ha_http(a, token) as ca, ha_http(b, token) as cb:
             key = ca.post("/machines", json={"Name": "replicated"}).json()["Uuid"]
             path = f"/machines/{key}/params"
@@ -329,5 +323,3 @@ def test_param_changes_replicate(tmp_path):
             assert cb.get(path).json() == {"ipmi/user": "root"}
             refused = cb.post(f"{path}/x", json=1)
             assert refused.status_code == 503 and refused.json()["Type"] == "HA_PASSIVE"
-    finally:
-        cluster.stop_all()

@@ -14,7 +14,7 @@ from drppy_client.models import Param
 
 from tests.blobutil import changes
 from tests.drppy import client_for, drppy, error_body, refused  # noqa: F401  (the fixture)
-from tests.hacluster import Cluster, make_token, wait_in_sync
+from tests.hacluster import in_sync_pair
 from tests.hacluster import http as ha_http
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -192,13 +192,7 @@ def test_decode_needs_get_secure(secure):
 
 
 def test_a_passive_decodes_what_the_active_sealed(tmp_path):
-    seed_root, token = make_token(tmp_path)
-    cluster = Cluster(tmp_path, token, seed_root)
-    try:
-        a = cluster.node("a", passive=False)
-        b = cluster.node("b", passive=True)
-        b.wait_log("Stream switch to realtime streaming")
-        wait_in_sync(a, token, 1)
+    with in_sync_pair(tmp_path) as (a, b, token):
         with ha_http(a, token) as ca, ha_http(b, token) as cb:
             ca.post("/params", json={"Name": "sec-ha", "Secure": True}).raise_for_status()
             key = _machine(ca)
@@ -212,5 +206,3 @@ def test_a_passive_decodes_what_the_active_sealed(tmp_path):
                 {"sec-ha": PLAIN}
         for node in (a, b):
             assert PLAIN.encode() not in _store_bytes(node.base_root)
-    finally:
-        cluster.stop_all()

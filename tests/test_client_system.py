@@ -11,7 +11,7 @@ from drppy_client.models import HaPassiveState, Info, Stat, UserToken
 
 from drp.store.store import Store
 from tests.drppy import client_for, drppy, error_body, refused  # noqa: F401  (the fixture)
-from tests.hacluster import Cluster, make_token, wait_in_sync
+from tests.hacluster import in_sync_pair
 from tests.storeutil import promote, put
 
 
@@ -46,13 +46,7 @@ def test_info_parses_as_dr_provisions_info(drppy):
 def test_info_of_an_ha_pair_and_its_prefs(tmp_path):
     """A loopback active + passive: each Info parses (ha_passive_state as HaPassiveState), each
     node has its own uuid, and a pref set on the active is on the passive when POST returns."""
-    (tmp_path / "seed").mkdir()
-    seed_root, token = make_token(tmp_path / "seed")
-    cluster = Cluster(tmp_path, token, seed_root)
-    try:
-        a = cluster.node("a", passive=False)
-        b = cluster.node("b", passive=True)
-        wait_in_sync(a, token, 1)
+    with in_sync_pair(tmp_path) as (a, b, token):
         ia, ib = InfoApi(client_for(a)).get_info(), InfoApi(client_for(b)).get_info()
         assert ia.ha_enabled and ia.ha_is_active and not ib.ha_is_active
         assert ia.ha_consensus_id == ia.uuid and ib.ha_consensus_id == ib.uuid != ia.uuid
@@ -63,8 +57,6 @@ def test_info_of_an_ha_pair_and_its_prefs(tmp_path):
         assert PrefsApi(client_for(b)).list_prefs()["logLevel"] == "debug"
         body = refusal(lambda: PrefsApi(client_for(b)).set_prefs(body={"logLevel": "info"}), 503)
         assert body["Type"] == "HA_PASSIVE"
-    finally:
-        cluster.stop_all()
 
 
 def test_user_token_embeds_info(drppy):

@@ -36,9 +36,7 @@ def drp(lab, tmp_path):  # noqa: F811
 
 
 def drpcli(node, *args: str) -> dict | list:
-    out = node.lab_host.run([str(BIN / "drpcli"), *args],
-                            env={**node.drpcli_env(), "RS_ENDPOINT": node.url}, timeout=30)
-    return json.loads(out.stdout) if out.stdout.strip() else None
+    return node.drpcli_in(*args, timeout=30)
 
 
 def make_subnet(node, **fields) -> dict:

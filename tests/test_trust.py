@@ -86,22 +86,30 @@ async def _server(listener, ctx, check, side: Side) -> None:
     tcp = await listener.accept()
     stream = trio.SSLStream(tcp, ctx, server_side=True)
     try:
-        try:
-            await stream.do_handshake()
-        except trio.BrokenResourceError as e:
-            side.reason = trust.tls_refusal(e)
+        if not await _handshake(stream, check, side):
             return
-        if check is not None:
-            try:
-                side.peer = check(stream.getpeercert(binary_form=True))
-            except Untrusted as e:
-                side.reason = str(e)
-                return
         await _read(stream, side, TOKEN)
         if check is not None and TOKEN in side.received:
             await stream.send_all(ENTRIES)
     finally:
         await close(stream)
+
+
+async def _handshake(stream: trio.SSLStream, check, side: Side) -> bool:
+    """The TLS handshake, then (for an honest side) check() on the peer's certificate; False,
+    with side.reason said, when either refuses the peer."""
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as e:
+        side.reason = trust.tls_refusal(e)
+        return False
+    if check is not None:
+        try:
+            side.peer = check(stream.getpeercert(binary_form=True))
+        except Untrusted as e:
+            side.reason = str(e)
+            return False
+    return True
 
 
 async def close(stream: trio.SSLStream) -> None:
@@ -120,17 +128,8 @@ async def _client(port, ctx, check, side: Side, sni: str | None) -> None:
     stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), ctx,
                             server_hostname=sni)
     try:
-        try:
-            await stream.do_handshake()
-        except trio.BrokenResourceError as e:
-            side.reason = trust.tls_refusal(e)
+        if not await _handshake(stream, check, side):
             return
-        if check is not None:
-            try:
-                side.peer = check(stream.getpeercert(binary_form=True))
-            except Untrusted as e:
-                side.reason = str(e)
-                return
         try:
             await stream.send_all(TOKEN)
         except trio.BrokenResourceError as e:

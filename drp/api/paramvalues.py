@@ -19,19 +19,17 @@ from drp import models, paramschema, secureparams
 from drp.api import rbac
 from drp.api.errors import ApiError
 from drp.claims import allowed
+from drp.modelvalues import parse_bool
 
 PARAMS_KINDS = frozenset(models.PARAM_KINDS)  # the kinds whose objects carry Params
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # what Go's strconv.ParseBool takes
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
 def flag(name: str, kind: str, key: str = "") -> bool:
     """A boolean query argument, as Go's ParseBool takes it (the client sends `True`)."""
     value = request.args.get(name, "")
-    if value in _TRUE:
-        return True
-    if value in _FALSE or value == "":
-        return False
+    parsed = parse_bool(value) if value else False
+    if parsed is not None:
+        return parsed
     raise ApiError(400, f"{name}={value!r} is not a boolean: use true or false", model=kind,
                    key=key)
 

@@ -14,7 +14,8 @@ import heapq
 import ipaddress
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
-from datetime import datetime
+
+from drp.modelvalues import parse_time
 
 OFFER_HOLD = 30.0
 
@@ -28,11 +29,8 @@ def addr_int(value) -> int | None:
 
 def epoch(text) -> float:
     """An RFC 3339 ExpireTime as epoch seconds; anything else is long expired."""
-    try:
-        when = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return 0.0
-    return when.timestamp() if when.tzinfo is not None else 0.0
+    when = parse_time(text)
+    return when.timestamp() if when is not None else 0.0
 
 
 @dataclass(frozen=True)

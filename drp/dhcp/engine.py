@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 
 from drp.dhcp.book import OFFER_HOLD, Book, addr_int
 from drp.dhcp.context import Ctx, Ingress
@@ -19,6 +18,9 @@ from drp.dhcp.optvalues import describe
 from drp.dhcp.replyoptions import agent_option, reply_options
 from drp.dhcp.packets import (ACK, BROADCAST, DECLINE, DISCOVER, INFORM, NAK, NAMES, OFFER, RELEASE,
                               REQUEST, Request, build_reply)
+# Lease times to the microsecond, as dr-provision's: whole seconds would end a lease up to a
+# second early (and hand its address to another client that much too soon).
+from drp.modelvalues import time_text
 
 ZERO = "0.0.0.0"
 STRATEGY = "MAC"
@@ -239,12 +241,6 @@ def _request(ctx: Ctx) -> Decision:
     return _nak(ctx, want, "not this client's address")
 
 
-def _when(t: float) -> str:
-    """RFC 3339 to the microsecond, as dr-provision's times: whole seconds would end a lease
-    up to a second early (and hand its address to another client that much too soon)."""
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _provided(req: Request) -> list[dict]:
     return [{"Code": c, "Value": describe(c, v)} for c, v in req.options.items()]
 
@@ -259,7 +255,7 @@ def _ack(ctx: Ctx, addr: str, how: str) -> Decision:
     old = book.lease_at(addr)
     old = old if old is not None and old.get("Token") == token else {}
     lease = {**old, "Addr": addr, "Token": token, "Strategy": STRATEGY, "State": "ACK",
-             "ExpireTime": _when(now + lease_time), "Duration": lease_time, "Via": ctx.via,
+             "ExpireTime": time_text(now + lease_time), "Duration": lease_time, "Via": ctx.via,
              "NextServer": siaddr,
              "Options": [{"Code": c, "Value": describe(c, v)} for c, v in opts],
              "ProvidedOptions": _provided(ctx.req), "SkipBoot": old.get("SkipBoot", False),
@@ -304,7 +300,7 @@ def _release(ctx: Ctx) -> Decision:
     if book.held(req.ciaddr, ctx.now) == req.chaddr:
         book.unhold(req.ciaddr)
     # FREE and expired now, but kept: the token keeps its affinity to the address.
-    put = {**lease, "State": "FREE", "ExpireTime": _when(ctx.now)}
+    put = {**lease, "State": "FREE", "ExpireTime": time_text(ctx.now)}
     return Decision(None, None, 0, lease_put=put, log=f"RELEASE {req.ciaddr} by {req.chaddr}")
 
 
@@ -324,7 +320,7 @@ def _decline(ctx: Ctx) -> Decision:
     book.unhold(addr)
     # No token: nobody's lease, so nobody is offered it until it expires (then mostExpired).
     put = {"Addr": addr, "Token": "", "Strategy": STRATEGY, "State": "DECLINE",
-           "ExpireTime": _when(ctx.now + t), "Duration": t, "Via": (lease or {}).get("Via", ""),
+           "ExpireTime": time_text(ctx.now + t), "Duration": t, "Via": (lease or {}).get("Via", ""),
            "NextServer": "", "Options": [], "ProvidedOptions": _provided(req),
            "SkipBoot": False, "MachineUuid": ""}
     return Decision(None, None, 0, lease_put=put, log=f"DECLINE {addr} by {token}")

@@ -10,6 +10,7 @@ import ipaddress
 import struct
 
 from drp.dhcp.packets import user_class_text
+from drp.modelvalues import parse_bool
 
 
 class BadOption(ValueError):
@@ -33,8 +34,6 @@ HEX = {61, 97}  # client identifier, client machine GUID: binary
 USER_CLASS = {77}
 SEARCH = {119}  # RFC 3397 domain search list (labels, no compression)
 
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # Go's strconv.ParseBool
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
 def _ints(code: int, value: str, lo: int, hi: int) -> list[int]:
@@ -104,9 +103,10 @@ def encode(code: int, value: str) -> bytes:
         return bytes(_ints(code, value, 0, 255))
     if code in BOOL:
         v = value.strip()
-        if v not in _TRUE | _FALSE:
+        truth = parse_bool(v)  # as dr-provision reads a bool (Go's strconv.ParseBool)
+        if truth is None:
             raise BadOption(f"option {code}: {v!r} is not true or false")
-        return b"\1" if v in _TRUE else b"\0"
+        return b"\1" if truth else b"\0"
     if code in HEX:
         try:
             return bytes.fromhex(value.replace(":", "").replace("-", ""))

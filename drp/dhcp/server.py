@@ -10,7 +10,7 @@
   goes back to what the store holds.
 - Replies to clients without an address are broadcast out of the interface the request came
   in on; renewals go to ciaddr, relayed ones to giaddr:67.
-- Bad packets are dropped and logged, at most one line per source per LOG_EVERY.
+- Bad packets are dropped and logged, at most one line per source (drp.ratelog).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import time
 import trio
 
 from drp import udp
+from drp.ratelog import RateLog
 from drp.dhcp import engine, packets
 from drp.dhcp.book import Book
 from drp.dhcp.interfaces import Interfaces
@@ -34,26 +35,6 @@ KINDS = ("subnets", "reservations", "leases")
 # powering on) answering what is queued would spend the server on requests already given up.
 IN_FLIGHT = 128
 MAX_AGE = 2.0  # seconds a request may have waited in the socket before it is not worth answering
-LOG_EVERY = 10.0
-
-
-class RateLog:
-    """One warning per source per LOG_EVERY, saying how many were held back."""
-
-    def __init__(self):
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warn(self, source: str, message: str) -> None:
-        now = time.monotonic()
-        last, held = self._last.get(source, (-LOG_EVERY, 0))
-        if now - last < LOG_EVERY:
-            self._last[source] = (last, held + 1)
-            return
-        if len(self._last) > 4096:
-            self._last = {s: v for s, v in self._last.items() if now - v[0] < LOG_EVERY}
-        self._last[source] = (now, 0)
-        log.warning("dhcp from %s: %s%s", source, message,
-                    f" ({held} more since last said)" if held else "")
 
 
 class DhcpServer:
@@ -63,7 +44,7 @@ class DhcpServer:
         self.interfaces = Interfaces(cfg.dhcp_ifs, self._own_addresses)
         self.vip = str(cfg.ha_address.ip) if cfg.ha_enabled and cfg.ha_address else None
         self.static_port = cfg.static_port
-        self.ratelog = RateLog()
+        self.ratelog = RateLog(log, "dhcp")
         self.slots = trio.Semaphore(IN_FLIGHT)
         self.sock = None
         self.answered = 0  # replies sent (for tests and logs)

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import re2
 
+from drp.modelvalues import parse_bool  # Go's strconv.ParseBool, as dr-provision converts
+
 OPERATORS = ("Eq", "Ne", "Lt", "Lte", "Gt", "Gte", "In", "Nin", "Re", "Between", "Except")
 _NEGATED = {"Ne": "Eq", "Nin": "In", "Except": "Between"}  # holds when its positive does not
 _CALL = re.compile(r"([A-Z][A-Za-z]*)\((.*)\)", re.DOTALL)
 _RE2 = re2.Options()
 _RE2.log_errors = False  # a bad pattern is the client's 406, not a line on our stderr
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}  # strconv.ParseBool's spellings
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
 class FilterError(ValueError):
@@ -41,10 +41,6 @@ class Test:
     def spec(self) -> str:
         """The test as the text the SQL function drp_match takes."""
         return json.dumps([self.op, list(self.args)])
-
-
-def parse_bool(text: str) -> bool | None:
-    return True if text in _TRUE else False if text in _FALSE else None
 
 
 def parse(field: str, text: str) -> Test:

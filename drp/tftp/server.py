@@ -15,13 +15,12 @@ import ipaddress
 import logging
 import os
 import socket as stdsocket
-import struct
-import time
 from pathlib import Path
 
 import trio
 
 from drp import udp
+from drp.ratelog import RateLog
 from drp.blob import storage
 from drp.tftp import packets
 from drp.tftp.transfer import ReadTransfer
@@ -31,27 +30,7 @@ MAX_TRANSFERS = 1024  # at once; more get ERROR 0 "busy"
 MAX_WINDOW = 64
 WINDOW_BYTES = 1 << 20  # blksize x windowsize at most (memory held per transfer)
 READERS = trio.CapacityLimiter(16)  # worker threads reading files at once
-LOG_EVERY = 10.0  # seconds: one line per source about bad packets
 IP_MTU, IPV6_MTU = 14, 24  # Linux getsockopt names
-
-
-class _RateLog:
-    """Warnings about a source at most once per LOG_EVERY, saying how many were held back."""
-
-    def __init__(self):
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warn(self, source: str, message: str, *args) -> None:
-        now = time.monotonic()
-        last, held = self._last.get(source, (-LOG_EVERY, 0))
-        if now - last < LOG_EVERY:
-            self._last[source] = (last, held + 1)
-            return
-        if len(self._last) > 4096:  # a flood from many sources: forget the quiet ones
-            self._last = {s: v for s, v in self._last.items() if now - v[0] < LOG_EVERY}
-        self._last[source] = (now, 0)
-        more = f" ({held} more since last said)" if held else ""
-        log.warning("tftp from %s: " + message + more, source, *args)
 
 
 class _Refused(Exception):
@@ -122,7 +101,7 @@ class TftpServer:
         self.root = Path(root)
         self.timeout, self.retries, self.max_blksize = timeout, retries, max_blksize
         self.active = 0
-        self.ratelog = _RateLog()
+        self.ratelog = RateLog(log, "tftp")
 
     async def serve(self, address: str, port: int, task_status) -> None:
         family = stdsocket.AF_INET6 if ":" in address else stdsocket.AF_INET
