@@ -150,6 +150,13 @@ def _positive_duration(text: str) -> float:
     return value
 
 
+def _cert_life(text: str) -> float:
+    value = parse_duration(text)
+    if not 10 <= value <= 90 * 86400:  # renewed at half life; never past its 90-day root
+        raise ValueError("must be from 10s to 90d")
+    return value
+
+
 def _threads(text: str) -> int:
     """A thread count, or "auto": half the CPUs (at least 1), leaving the rest for serving."""
     if str(text).strip().lower() == "auto":
@@ -187,6 +194,7 @@ OPTIONS = [
     ("ha-join", _url, None, "an URL like https://192.168.124.200:8092/", "where a passive finds the active"),
     ("ha-sync-timeout", parse_duration, "5s", "a duration like 5s", "how long an In-Sync passive may hold a write"),
     ("ha-handover-timeout", parse_duration, "10s", "a duration like 10s", "how long a graceful switch to passive waits for passives"),
+    ("ha-cert-life", _cert_life, "24h", "a duration like 24h, from 10s to 90d", "life of the node certificates the cluster CA issues (renewed at half life)"),
     ("ha-log-retention", _positive_int, "100000", "a number of entries, at least 1", "change-log entries kept for resuming passives"),
     # automatic failover through etcd (drp/ha/autopilot.py); no endpoints = manual HA
     ("ha-etcd-endpoints", _urls, None, "comma-separated URLs like http://10.0.0.1:2379,http://10.0.0.2:2379", "etcd members for automatic failover (none: switch by hand)"),
@@ -245,6 +253,7 @@ class Config:
     ha_join: str | None
     ha_sync_timeout: float
     ha_handover_timeout: float
+    ha_cert_life: float
     ha_log_retention: int
     ha_etcd_endpoints: tuple[str, ...] | None
     ha_etcd_ca: Path | None

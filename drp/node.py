@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from drp import __version__, auth
+from drp import __version__, auth, secureparams
 from drp.claims import BUILTIN_ROLES, SUPERUSER_ROLE
 from drp.modelvalues import complete, now_text
 from drp.config import Config
@@ -74,6 +74,7 @@ class Node:
     cert_path: Path | None = None
     key_path: Path | None = None
     plane: Any = None  # drp.plane.Plane: what DHCP and TFTP are doing (None: neither runs)
+    trust: Any = None  # drp.ha.nodetrust.NodeTrust, when --ha-enabled
 
     def status(self) -> RoleStatus:
         return self.ha.status() if self.ha is not None else STANDALONE
@@ -107,6 +108,11 @@ def bootstrap(tx, drp_id: str) -> bool:
         created = True
     if tx.get("secrets", "token") is None:
         tx.record("secrets", "token", "create", {"Name": "token", "Secret": auth.new_secret()})
+        created = True
+    if tx.get(secureparams.SECRET_KIND, secureparams.SECRET_KEY) is None:
+        # the secure params' store secret: made here, so a passive serving a pubkey never
+        # has to write it
+        secureparams.keyring_in(tx)
         created = True
     if tx.get("roles", SUPERUSER_ROLE) is None:  # also for a store from before roles
         tx.record("roles", SUPERUSER_ROLE, "create", complete("roles", {  # the full model

@@ -1,22 +1,34 @@
-"""Secure params at rest: the value of a param whose definition says `Secure: true` is stored
-and served as dr-provision's SecureData, {"Key", "Nonce", "Payload"} (each base64, as Go
-marshals []byte), and only opened for a caller who asks `decode=true` and holds getSecure.
+"""Secure params at rest, in dr-provision's own format: the value of a param whose definition
+says `Secure: true` is stored and served as a SecureData {"Key", "Nonce", "Payload"} (each
+base64, as Go marshals []byte), and only opened for a caller who asks `decode=true` and holds
+getSecure.
 
-dr-provision seals with NaCl box (X25519, XSalsa20-Poly1305) to a key pair per object. The
-`cryptography` library has no XSalsa20, so drp uses the same shape with what it has:
-    Key     the sender's ephemeral X25519 public key (32 bytes), new for every value
-    Nonce   24 random bytes, as NaCl's
-    Payload AES-256-GCM of the value's JSON (ciphertext and 16-byte tag), under the key
-            HKDF-SHA256 derives from X25519(ephemeral, store key) and both public keys
-It is authenticated: a Payload, Nonce or Key changed by one bit does not open. The store key
-is one X25519 private key per store, kept in the `secrets` kind (like the token secret) so it
-replicates and every HA node opens what any of them sealed; made on first use, in the same
-write that stores the first secure value.
+As dr-provision (its models.SecureData): a NaCl box (curve25519, XSalsa20-Poly1305) from an
+ephemeral sender key pair to the key pair of the object that holds the value:
+    Key     the sender's ephemeral public key (32 bytes), new for every value
+    Nonce   24 random bytes
+    Payload box ciphertext of the value's JSON (16-byte MAC first, no nonce prefix)
+so a value RackN's client seals to GET /<kind>/<key>/pubkey opens here, and back.
+
+dr-provision keeps one key pair per object (its secrets store, keyed by the object). drp derives
+each object's private key instead, HKDF-SHA256 over (kind, key) from one store secret kept in the
+replicated `secrets` kind (the record below, like the token secret): every HA node, a passive
+too, gets the same key pair for an object without writing anything, so it answers the pubkey
+route and opens what any node sealed. The secret is made on first use, in the same write that
+stores the first secure value (or by the pubkey route). A deleted object re-created under the
+same key gets the same key pair again (dr-provision would make a new one; nothing depends on it).
+
+Stores from before this change hold values of drp's first scheme: X25519 to the store secret as
+a key, HKDF, AES-256-GCM, the same three fields. They still open (a small fallback opener) and are
+kept as they are, never re-sealed on read: a read on a passive cannot write, and a value that
+opens is as good as a new one. A value sent sealed the old way is accepted (it opens) and stored
+as it came.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 
@@ -25,16 +37,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl.exceptions import CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
 
-SECRET_KIND, SECRET_KEY = "secrets", "secure-params"  # the store key's record
+SECRET_KIND, SECRET_KEY = "secrets", "secure-params"  # the store secret's record
 FIELDS = frozenset({"Key", "Nonce", "Payload"})
-NONCE_SIZE = 24
-_INFO = b"drp secure param v1"
+KEY_SIZE, NONCE_SIZE, MAC_SIZE = 32, Box.NONCE_SIZE, 16
+_OBJECT_INFO = b"drp secure param object key v2\0"  # domain of the per-object derivation
+_LEGACY_INFO = b"drp secure param v1"  # the first scheme's HKDF info
 _RAW = serialization.Encoding.Raw
+_NOT_OPEN = "SecureData does not open with this server's key (sealed elsewhere, or changed)"
 
 
 class SecureDataError(Exception):
-    """A SecureData that is malformed or does not open with this store's key."""
+    """A SecureData that is malformed or does not open with this server's key."""
 
 
 def is_secure_data(value) -> bool:
@@ -44,10 +60,8 @@ def is_secure_data(value) -> bool:
 
 
 def new_record() -> dict:
-    """The secrets record of a new store key."""
-    raw = X25519PrivateKey.generate().private_bytes(
-        _RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    return {"Name": SECRET_KEY, "Secret": base64.b64encode(raw).decode()}
+    """The secrets record of a new store secret (32 random bytes)."""
+    return {"Name": SECRET_KEY, "Secret": _b64(os.urandom(KEY_SIZE))}
 
 
 def _b64(data: bytes) -> str:
@@ -64,69 +78,118 @@ def _unb64(sd: dict, name: str, size: int | None = None) -> bytes:
     return data
 
 
-class Sealer:
-    """Seals and opens values with one store key (its secrets record)."""
+def _fields(sd) -> tuple[bytes, bytes, bytes]:
+    """(Key, Nonce, Payload) of a SecureData, checked as dr-provision's Validate does."""
+    if not is_secure_data(sd):
+        raise SecureDataError("not a SecureData: an object of Key, Nonce and Payload")
+    sender, nonce = _unb64(sd, "Key", KEY_SIZE), _unb64(sd, "Nonce", NONCE_SIZE)
+    payload = _unb64(sd, "Payload")
+    if len(payload) < MAC_SIZE:
+        raise SecureDataError(f"SecureData Payload is shorter than the {MAC_SIZE}-byte MAC: "
+                              "corrupted")
+    return sender, nonce, payload
 
-    def __init__(self, record: dict):
-        self._private = X25519PrivateKey.from_private_bytes(
-            base64.b64decode(record["Secret"]))
-        self._public = self._private.public_key().public_bytes(
-            _RAW, serialization.PublicFormat.Raw)
 
-    def _aead(self, shared: bytes, sender: bytes) -> AESGCM:
-        key = HKDF(hashes.SHA256(), 32, salt=None, info=_INFO + sender + self._public
-                   ).derive(shared)
-        return AESGCM(key)
+def seal_to(public: bytes, value) -> dict:
+    """A SecureData of `value` sealed to a curve25519 public key (what RackN's client does)."""
+    ephemeral = PrivateKey.generate()
+    nonce = os.urandom(NONCE_SIZE)
+    payload = Box(ephemeral, PublicKey(public)).encrypt(
+        json.dumps(value, separators=(",", ":")).encode(), nonce).ciphertext
+    return {"Key": _b64(bytes(ephemeral.public_key)), "Nonce": _b64(nonce),
+            "Payload": _b64(payload)}
+
+
+class ObjectKey:
+    """One object's key pair: seals to it, opens what was sealed to it (or, the fallback, to
+    the store secret by the first scheme)."""
+
+    def __init__(self, private: bytes, ring: "Keyring"):
+        self._private = PrivateKey(private)
+        self.public = bytes(self._private.public_key)
+        self.public_b64 = _b64(self.public)  # what GET /<kind>/<key>/pubkey answers
+        self._ring = ring
 
     def seal(self, value) -> dict:
-        ephemeral = X25519PrivateKey.generate()
-        sender = ephemeral.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
-        shared = ephemeral.exchange(self._private.public_key())
-        nonce = os.urandom(NONCE_SIZE)
-        payload = self._aead(shared, sender).encrypt(
-            nonce, json.dumps(value, separators=(",", ":")).encode(), None)
-        return {"Key": _b64(sender), "Nonce": _b64(nonce), "Payload": _b64(payload)}
+        return seal_to(self.public, value)
 
     def open(self, sd) -> object:
-        if not is_secure_data(sd):
-            raise SecureDataError("not a SecureData: an object of Key, Nonce and Payload")
-        sender = _unb64(sd, "Key", 32)
-        nonce = _unb64(sd, "Nonce", NONCE_SIZE)
-        payload = _unb64(sd, "Payload")
+        sender, nonce, payload = _fields(sd)
         try:
-            shared = self._private.exchange(X25519PublicKey.from_public_bytes(sender))
-            plain = self._aead(shared, sender).decrypt(nonce, payload, None)
+            plain = Box(self._private, PublicKey(sender)).decrypt(payload, nonce)
+        except CryptoError:
+            return self._ring.open(sd)  # sealed by the first scheme, or not to this key
+        return _loads(plain)
+
+
+class Keyring:
+    """The store secret (its secrets record): every object's key pair, and the first scheme's
+    opener."""
+
+    def __init__(self, record: dict):
+        self._secret = base64.b64decode(record["Secret"])
+        # the first scheme used the secret itself as an X25519 private key
+        self._legacy = X25519PrivateKey.from_private_bytes(self._secret)
+        self._legacy_public = self._legacy.public_key().public_bytes(
+            _RAW, serialization.PublicFormat.Raw)
+        self.for_object = functools.lru_cache(maxsize=4096)(self._derive)
+
+    def _derive(self, kind: str, key: str) -> ObjectKey:
+        """for_object(kind, key): the object's key pair, the same on every node."""
+        info = _OBJECT_INFO + kind.encode() + b"\0" + key.encode()
+        private = HKDF(hashes.SHA256(), KEY_SIZE, salt=None, info=info).derive(self._secret)
+        return ObjectKey(private, self)
+
+    def open(self, sd) -> object:
+        """Open a value of the first scheme (AES-GCM to the store secret); a SecureData of
+        dr-provision's scheme needs its object's key (for_object)."""
+        sender, nonce, payload = _fields(sd)
+        try:
+            shared = self._legacy.exchange(X25519PublicKey.from_public_bytes(sender))
+            key = HKDF(hashes.SHA256(), 32, salt=None,
+                       info=_LEGACY_INFO + sender + self._legacy_public).derive(shared)
+            plain = AESGCM(key).decrypt(nonce, payload, None)
         except (InvalidTag, ValueError):
-            raise SecureDataError("SecureData does not open with this server's key (sealed "
-                                  "elsewhere, or changed)") from None
+            raise SecureDataError(_NOT_OPEN) from None
+        return _loads(plain)
+
+
+def _loads(plain: bytes) -> object:
+    try:
         return json.loads(plain)
+    except (UnicodeDecodeError, ValueError):
+        raise SecureDataError("SecureData opens, but not to a JSON value") from None
 
 
-_sealers: dict[str, Sealer] = {}  # by the record's Secret: a store key never changes
+_rings: dict[str, Keyring] = {}  # by the record's Secret: a store secret never changes
 
 
-def sealer(record: dict) -> Sealer:
+def keyring(record: dict) -> Keyring:
     secret = record["Secret"]
-    found = _sealers.get(secret)
+    found = _rings.get(secret)
     if found is None:
-        found = _sealers[secret] = Sealer(record)
+        found = _rings[secret] = Keyring(record)
     return found
 
 
-def sealer_in(tx) -> Sealer:
-    """The store key's Sealer inside a write, making the key (in this write) on first use."""
+def keyring_in(tx) -> Keyring:
+    """The store's Keyring inside a write, making the secret (in this write) on first use."""
     record = tx.get(SECRET_KIND, SECRET_KEY)
     if record is None:
         record = new_record()
         tx.record(SECRET_KIND, SECRET_KEY, "create", record)
-    return sealer(record)
+    return keyring(record)
 
 
-def decoded(params: dict, opener: Sealer | None) -> dict:
-    """params with every SecureData that opens with this store's key replaced by its value
-    (dr-provision's decode); one that does not open is left as it is."""
+def decoded(params: dict, opener: Keyring | ObjectKey | None, kind: str = "",
+            key: str = "") -> dict:
+    """params with every SecureData that opens replaced by its value (dr-provision's decode);
+    one that does not open is left as it is. `opener` is the holding object's ObjectKey, or the
+    Keyring with that object's kind and key (the Keyring alone opens first-scheme values only)."""
     if opener is None:
         return params
+    if isinstance(opener, Keyring) and kind:
+        opener = opener.for_object(kind, key)
     out = {}
     for name, value in params.items():
         if is_secure_data(value):

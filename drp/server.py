@@ -16,6 +16,7 @@ from drp.blob.static import static_service
 from drp.config import Config, ConfigError
 from drp.ha.follower import RAN_STANDALONE
 from drp.ha.autopilot import make_autopilot
+from drp.ha.nodetrust import NodeTrust
 from drp.ha.supervisor import Supervisor
 from drp.metrics import metrics_service
 from drp.serving import hypercorn_config, serve_app
@@ -63,6 +64,8 @@ class Server:
             cert, key = await trio.to_thread.run_sync(tls.ensure_certificate, cfg)
             node = nodemod.Node(cfg=cfg, store=store, drp_id=drp_id)
             node.cert_path, node.key_path = cert, key
+            if cfg.ha_enabled:
+                node.trust = await trio.to_thread.run_sync(NodeTrust, cfg, store, drp_id)
             node.plane = Plane(node)
             node.status_line = lambda text: systemd.notify(f"STATUS={text}")
             await self._run_node(node)
@@ -96,7 +99,8 @@ class Server:
             nursery.start_soon(daemon, self._watch_signals, node, nursery.cancel_scope)
             urls = await nursery.start(serve_app, app,
                                        hypercorn_config(cfg.api_port, node.cert_path,
-                                                        node.key_path, cfg.api_address),
+                                                        node.key_path, cfg.api_address,
+                                                        node.trust),
                                        self.stop)
             log.info("API listening on %s (drp-id %s, base root %s)", ", ".join(urls),
                      node.drp_id, cfg.base_root)

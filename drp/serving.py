@@ -27,9 +27,28 @@ def bind_spec(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"{host}:{port}"
 
 
+class _ClusterConfig(hypercorn.config.Config):
+    """An API port that is also the cluster's: hypercorn's own context for API clients, the
+    node certificate and client-certificate checks for other nodes (drp.ha.nodetrust)."""
+    node_trust = None
+
+    def create_ssl_context(self):
+        public = super().create_ssl_context()
+        if public is None:
+            return None
+        return self.node_trust.server_context(public, list(self.alpn_protocols))
+
+
 def hypercorn_config(port: int, cert: Path | None = None, key: Path | None = None,
-                     host: str = "0.0.0.0") -> hypercorn.config.Config:
-    hc = hypercorn.config.Config()
+                     host: str = "0.0.0.0", node_trust=None) -> hypercorn.config.Config:
+    """node_trust: the node's drp.ha.nodetrust.NodeTrust when it is in an HA cluster."""
+    if node_trust is not None:
+        from drp.ha.trust import install_peer_certificate_hook
+        install_peer_certificate_hook()  # each request's scope carries its client certificate
+        hc = _ClusterConfig()
+        hc.node_trust = node_trust
+    else:
+        hc = hypercorn.config.Config()
     hc.bind = [bind_spec(host, port)]
     if cert and key:
         hc.certfile, hc.keyfile = str(cert), str(key)

@@ -67,3 +67,13 @@ def refusal_status(call) -> int:
     if e.status and e.body:
         assert len(error_body(e)["Messages"]) == 1, e.body
     return e.status
+
+
+def user_with_claims(http: httpx.Client, user: str, actions: str, scope: str = "machines",
+                     password: str = "pw") -> None:
+    """A user (`password`) whose one role (named after it) grants `actions` on every object
+    of `scope`."""
+    http.post("/roles", json={"Name": f"{user}-role", "Claims": [
+        {"scope": scope, "action": actions, "specific": "*"}]}).raise_for_status()
+    http.post("/users", json={"Name": user, "Password": password, "Roles": [f"{user}-role"]}
+              ).raise_for_status()

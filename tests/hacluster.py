@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.drpserver import BIN, DrpServer
 
@@ -34,6 +35,21 @@ def make_token(tmp: Path) -> tuple[Path, str]:
         return seed.base_root, json.loads(out)["Token"]
     finally:
         seed.stop()
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
+    """(seed base root, token): one per test module (import it with `cluster`)."""
+    return make_token(tmp_path_factory.mktemp("seed"))
+
+
+@pytest.fixture
+def cluster(tmp_path, seed):
+    """A Cluster on the module's seed, every node stopped at the end, pass or fail."""
+    seed_root, token = seed
+    c = Cluster(tmp_path, token, seed_root)
+    yield c
+    c.stop_all()
 
 
 def recorder(tmp: Path) -> Path:

@@ -13,7 +13,8 @@ from drppy_client import MachinesApi, ParamsApi, ProfilesApi
 from drppy_client.models import Param
 
 from tests.blobutil import changes
-from tests.drppy import client_for, drppy, error_body, refused  # noqa: F401  (the fixture)
+from tests.drppy import (client_for, drppy, error_body, refused,  # noqa: F401  (drppy: a fixture)
+                         user_with_claims)
 from tests.hacluster import in_sync_pair
 from tests.hacluster import http as ha_http
 
@@ -46,23 +47,49 @@ def secure(drppy):
     return drppy
 
 
-def test_first_secure_value_makes_the_key_in_the_same_write(drp):
+def test_the_store_secret_is_made_at_first_start_and_never_again(drp):
+    """Made with the token secret when a node first owns its data (so a passive answering
+    GET .../pubkey never has to write it); secure values never add another."""
+    [made] = changes(drp, "secrets", "secure-params")
+    assert made["action"] == "create"
     with drp.client() as c:
         c.post("/params", json={"Name": "sec-first", "Secure": True,
                                 "Schema": {"type": "string", "minLength": 5}}
                ).raise_for_status()
         key = _machine(c, Params={"plain": 1})
-        # a refused secure value makes no key: it is rolled back with the write
+        head = changes(drp)[-1]["seq"]
+        # a refused secure value changes nothing: it is rolled back with the write
         assert c.post(f"/machines/{key}/params/sec-first", json="abc").status_code == 422
-        assert changes(drp, "secrets", "secure-params") == []  # no secure value yet: no key
+        assert changes(drp)[-1]["seq"] == head
         c.post(f"/machines/{key}/params/sec-first", json=PLAIN).raise_for_status()
-        [made] = changes(drp, "secrets", "secure-params")
-        [update] = [r for r in changes(drp, "machines", key) if r["seq"] > made["seq"]]
-        assert (made["action"], update["seq"]) == ("create", made["seq"] + 1)
+        [update] = [r for r in changes(drp, "machines", key) if r["seq"] > head]
         assert _is_secure_data(update["body"]["Params"]["sec-first"])
-        # a second one uses the same key: no new record
         c.post(f"/machines/{key}/params/sec-first", json="again").raise_for_status()
-        assert len(changes(drp, "secrets")) == 2  # the token secret and this key
+        assert len(changes(drp, "secrets")) == 2  # the token secret and the store secret
+    assert PLAIN.encode() not in _store_bytes(drp.base_root)
+
+
+def test_a_content_bundle_s_secure_values_are_sealed_and_checked(drp):
+    """A bundle's param values get the checks an API write gets: its own definitions count,
+    a secure value is stored sealed, a value its Schema refuses fails the whole bundle."""
+    bundle = {"meta": {"Name": "sec-bundle", "Version": "1.0"}, "sections": {
+        "params": {"bundle-secret": {"Name": "bundle-secret", "Secure": True,
+                                     "Schema": {"type": "string", "minLength": 8}}},
+        "profiles": {"with-secret": {"Name": "with-secret",
+                                     "Params": {"bundle-secret": PLAIN}}}}}
+    with drp.client() as c:
+        c.post("/contents", json=bundle).raise_for_status()
+        served = c.get("/profiles/with-secret").json()["Params"]["bundle-secret"]
+        assert _is_secure_data(served)
+        opened = c.get("/profiles/with-secret/params/bundle-secret", params={"decode": "true"})
+        assert opened.json() == PLAIN
+        bad = {**bundle, "meta": {"Name": "bad-bundle", "Version": "1.0"}, "sections": {
+            "profiles": {"short": {"Name": "short", "Params": {"bundle-secret": "abc"}}}}}
+        refused = c.post("/contents", json=bad)
+        assert refused.status_code == 422, refused.text
+        assert "profiles/short: Key 'bundle-secret': invalid val (secure, not shown)" in \
+            refused.json()["Messages"][0]
+        assert c.get("/profiles/short").status_code == 404  # nothing of it was stored
     assert PLAIN.encode() not in _store_bytes(drp.base_root)
 
 
@@ -70,10 +97,11 @@ def test_served_sealed_and_decoded(secure):
     machines = secure.api(MachinesApi)
     key = _machine(secure.http)
     # RackN's client's own post_machine_param seals a secure value with NaCl box to the
-    # object's key from GET /machines/<id>/pubkey, which drp does not serve (drp seals on the
-    # server): that call stops at the pubkey's 404. The generated call sends the value.
-    assert refused(lambda: machines.post_machine_param(PLAIN, key, "sec-password")).status \
-        == 404
+    # object's key from GET /machines/<id>/pubkey (it returns nothing); the value opens here
+    assert machines.post_machine_param(PLAIN, key, "sec-password") is None
+    assert _is_secure_data(machines.get_machine_param(key, "sec-password"))
+    assert machines.get_machine_param(key, "sec-password", decode=True) == PLAIN
+    # the generated call sends the plain value: drp seals it (to the same key)
     answer, status, _ = machines.post_machine_param_with_http_info(PLAIN, key, "sec-password")
     assert status == 200 and _is_secure_data(answer)  # the answer is the stored SecureData
     sealed = machines.get_machine_param(key, "sec-password")
@@ -165,15 +193,8 @@ def test_aggregate_decodes_what_profiles_hold(secure):
 
 def test_decode_needs_get_secure(secure):
     http = secure.http
-    http.post("/roles", json={"Name": "sec-reader", "Claims": [
-        {"scope": "machines", "action": "get,list", "specific": "*"}]}).raise_for_status()
-    http.post("/roles", json={"Name": "sec-opener", "Claims": [
-        {"scope": "machines", "action": "get,list,getSecure", "specific": "*"}]}
-              ).raise_for_status()
-    http.post("/users", json={"Name": "sec-r", "Password": "pw", "Roles": ["sec-reader"]}
-              ).raise_for_status()
-    http.post("/users", json={"Name": "sec-o", "Password": "pw", "Roles": ["sec-opener"]}
-              ).raise_for_status()
+    user_with_claims(http, "sec-r", "get,list")
+    user_with_claims(http, "sec-o", "get,list,getSecure")
     key = _machine(http, Params={"sec-password": PLAIN})
     reader = MachinesApi(client_for(secure.server, "sec-r", "pw"))
     opener = MachinesApi(client_for(secure.server, "sec-o", "pw"))

@@ -35,22 +35,38 @@ def served(module_drp_factory):
     return server, token, {n: (d, hashlib.sha256(d).hexdigest()) for n, d in files.items()}
 
 
-def fetcher_for(server, token: str, partial_dir) -> Fetcher:
-    """A fetcher that trusts the server's certificate, as the replication stream pins it."""
-    fetcher = Fetcher(server.url, token, partial_dir)
+def pinned(fingerprint: str):
+    """A peer check for a standalone server (in a cluster it is the node-certificate check,
+    NodeTrust.verify): its certificate's sha256 must be `fingerprint`."""
+    def check(der: bytes) -> None:
+        seen = hashlib.sha256(der).hexdigest()
+        if seen != fingerprint:
+            raise ValueError(f"certificate sha256 {seen[:16]}…, not the expected "
+                             f"{fingerprint[:16]}…")
+    return check
+
+
+def server_fingerprint(server) -> str:
     pem = ssl.get_server_certificate(("127.0.0.1", server.api_port))
-    fetcher.set_fingerprint(hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest())
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def fetcher_for(server, token: str, partial_dir) -> Fetcher:
+    """A fetcher whose peer check accepts the server's certificate."""
+    fetcher = Fetcher(server.url, token, partial_dir)
+    fingerprint = server_fingerprint(server)
+    fetcher.set_peer(fingerprint, pinned(fingerprint))
     return fetcher
 
 
 async def test_fetch_refuses_a_server_with_another_certificate(served, tmp_path):
-    """The token goes only to the server whose certificate the stream pinned."""
+    """Nothing (the token included) goes to a server that fails the peer check."""
     server, token, files = served
     data, sha = files["small.bin"]
     fetcher = Fetcher(server.url, token, tmp_path / "partial")
-    fetcher.set_fingerprint("0" * 64)
+    fetcher.set_peer("other", pinned("0" * 64))
     try:
-        with pytest.raises(CertificateMismatch, match="not sending the token"):
+        with pytest.raises(CertificateMismatch, match="not the expected 0000.*not sending"):
             await fetcher.fetch("/api/v3/files/small.bin", tmp_path / "small.bin", sha)
         assert not (tmp_path / "small.bin").exists()
     finally:
@@ -302,16 +318,16 @@ async def test_cancelled_fetch_never_installs_and_resumes_later(served, tmp_path
 
 
 def test_a_connection_checked_against_an_older_certificate_is_not_reused(served):
-    """The VIP moved and the stream pinned another active while a download was under way:
+    """The VIP moved and the stream follows another active while a download was under way:
     that download's connection is not kept for the next one."""
     server, token, _ = served
     pool = Pool(server.url, {"Authorization": f"Bearer {token}"}, 15)
-    pem = ssl.get_server_certificate(("127.0.0.1", server.api_port))
-    pool.set_fingerprint(hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest())
+    fingerprint = server_fingerprint(server)
+    pool.set_peer(fingerprint, pinned(fingerprint))
     try:
         with pool.get("/api/v3/files/small.bin", {}) as resp:
             assert resp.status == 200
-            pool.set_fingerprint("f" * 64)  # now another server is the one to trust
+            pool.set_peer("another", pinned("f" * 64))  # now another server is to be trusted
             resp.read()
         assert pool._idle == []
         with pytest.raises(CertificateMismatch):

@@ -9,7 +9,10 @@ from werkzeug.exceptions import HTTPException
 
 from drp.api import authn, blueprints, oserrors, rbac, sendtimeout, streaming
 from drp.api.errors import MAPPED, ApiError, api_error
+from drp.api.ha_trust import PUBLIC_PATHS
 from drp.api.respond import json_response
+from drp.ha.certs import Untrusted
+from drp.ha.trust import peer_certificate
 from drp.node import Node
 from drp.store.errors import NotReplicated
 
@@ -36,13 +39,44 @@ def create_app(node: Node) -> QuartTrio:
         rbac.check(ctx.claims, rbac.need_for(ctx.url_rule.endpoint, ctx.view_args,
                                              ctx.method, str(ctx.user.get("Name", ""))))
 
+    node_users: dict[str, dict] = {}  # one dict per node: its claims are cached by identity
+
+    def _node_user(scope) -> dict | None:
+        """A connection with a client certificate came in on the cluster side of the port
+        (drp.ha.trust.api_context): another node, authenticated by it (a superuser: it holds
+        the cluster's data anyway), or refused with the reason."""
+        if node.trust is None:
+            return None
+        der = peer_certificate(scope)
+        if der is None:
+            return None
+        try:
+            drp_id = node.trust.verify(der)
+        except Untrusted as e:
+            log.warning("refusing a node certificate from %s: %s",
+                        (scope.get("client") or ("?",))[0], e)
+            raise ApiError(401, f"the node certificate was refused: {e}",
+                           type_="AUTH_ERROR") from None
+        user = node_users.get(drp_id)
+        if user is None:
+            user = node_users[drp_id] = {"Name": f"node:{drp_id}", "Roles": ["superuser"],
+                                         "NodeId": drp_id}
+        return user
+
     @app.before_request
     async def _auth_http():
         req = request._get_current_object()  # one context lookup, not one per attribute
         # The leader lease a write is answered under (automatic failover), checked again
         # just before the answer leaves: see _say_who.
         req.leadership = node.ha.leadership() if node.ha is not None else None
-        req.user = await app.authenticator.authenticate(req.headers, req.remote_addr)
+        if req.path in PUBLIC_PATHS:  # discovery and enrolment check what they need
+            req.user, req.claims = {}, ()
+            return
+        user = _node_user(req.scope)
+        if user is not None:
+            req.user, req.node_id = user, user["NodeId"]
+        else:
+            req.user = await app.authenticator.authenticate(req.headers, req.remote_addr)
         await _authorize(req)
 
     @app.before_websocket

@@ -14,7 +14,7 @@ import trio
 from quart import Blueprint, current_app, request
 
 from drp import models, modelvalues, paramschema
-from drp.api import bundleyaml, jsonbody, limits
+from drp.api import bundleyaml, jsonbody, limits, paramvalues
 from drp.api.errors import ApiError
 from drp.api.respond import json_response
 from drp.claims import contains
@@ -145,6 +145,24 @@ def _section_items(kind: models.Kind, section, problems: list) -> list[tuple[str
     return good
 
 
+def _check_params(tx, name: str, objects: list) -> None:
+    """The bundle's param values as an API write checks them (drp.api.paramvalues): against
+    their definitions' Schema, secure ones sealed (never stored plain). The bundle's own
+    param definitions count, before the store's."""
+    own = {key: obj for kind, key, obj in objects if kind == "params"}
+    problems = []
+    for item in objects:
+        kind, key, obj = item
+        try:
+            item[2] = paramvalues.check_write(tx, kind, key, obj, tx.get(kind, key),
+                                              lambda n: own.get(n) or tx.get("params", n))
+        except ApiError as e:
+            problems += [f"{kind}/{key}: {m}" for m in e.messages]
+    if problems:
+        raise ApiError(422, *problems[:100], model="contents", key=name,
+                       type_="ValidationError")
+
+
 def _owner(obj: dict) -> str:
     return f"content bundle {obj['Bundle']}" if obj.get("Bundle") else "a user (not a bundle)"
 
@@ -167,6 +185,7 @@ def _put(name: str, record: dict, objects: list, *, must_exist: bool):
             raise ApiError(409, f"content bundle {name} would overwrite objects it does not "
                            "own; nothing was changed", *conflicts[:100], model="contents",
                            key=name, type_="Conflict")
+        _check_params(tx, name, objects)
         tx.record("contents", name, "put", {"record": record, "objects": objects})
     return put
 

@@ -1,12 +1,11 @@
 """HA endpoints: the replication websocket, catch-up downloads, and role switching.
 
-/api/v3/ha/replicate      websocket a passive dials (Bearer <ha-token>, superuser)
+/api/v3/ha/replicate      websocket a passive dials (its cluster certificate: drp/ha/nodetrust.py)
 /api/v3/ha/snapshot/<id>  the snapshot file announced to a passive (Range for resume)
 /api/v3/ha/blobs/<path>   a blob's current bytes (Range, X-DRP-SHA256SUM)
 /api/v3/system/active     switch this node to active (as SIGUSR1 does)
 /api/v3/system/passive    switch this node to passive (as SIGUSR2 does); ?to=<drp-id> hands
                           the leader key to that passive (automatic failover only)
-/api/v3/system/ha/pins/<drp-id>  DELETE: forget the certificate pinned for that active
 """
 from __future__ import annotations
 
@@ -18,13 +17,13 @@ from quart import Blueprint, Response, current_app, request, websocket
 
 from drp.api.errors import ApiError
 from drp.api.respond import websocket_scope
-from drp.claims import is_superuser
 from drp.api.system import node_info
 from drp.blob import storage
 from drp.blob.send import Opened, blob_response, open_blob
 from drp.ha import protocol as p
-from drp.ha.follower import pin_key
+from drp.ha.certs import Untrusted
 from drp.ha.roles import VipHold
+from drp.ha.trust import peer_certificate
 
 bp = Blueprint("ha", __name__, url_prefix="/api/v3")
 log = logging.getLogger("drp.ha.active")
@@ -38,18 +37,18 @@ async def replicate():
     node = current_app.node
     address = websocket.remote_addr or "?"
     # Authenticated here (not in before_websocket) so a refusal reaches the passive as a
-    # reason it can log, and is logged here too.
+    # reason it can log, and is logged here too. Only a cluster certificate is accepted: a
+    # token alone (the HA token, any superuser's) gets no entry.
     try:
-        user = await current_app.authenticator.authenticate(websocket.headers,
-                                                            websocket.remote_addr)
-        if not is_superuser(await current_app.authenticator.claims(user)):
-            raise ApiError(403, "not a superuser token")
-    except ApiError as e:
-        reason = (f"the HA token was not accepted ({'; '.join(e.messages)}): set RS_HA_TOKEN "
-                  "to a superuser token of this cluster, e.g. from `drpcli users token "
-                  "rocketskates ttl 3y | jq -r .Token` on the active")
+        if node.trust is None:
+            raise Untrusted("this node has no cluster trust (--ha-enabled)")
+        await node.trust.refresh()
+        peer_id = node.trust.verify(peer_certificate(websocket.scope))
+    except Untrusted as e:
+        reason = (f"{e}: a passive replicates with its cluster certificate, which it gets by "
+                  "enrolling with the HA token (RS_HA_TOKEN)")
         log.warning("refusing replication from %s: %s", address, reason)
-        await _refuse(reason, "token")
+        await _refuse(reason, "untrusted")
         return
     hub = node.ha.replication_hub() if node.ha is not None else None
     if hub is None:
@@ -61,7 +60,7 @@ async def replicate():
         return
     try:
         with websocket_scope(node):
-            await hub.serve(websocket, address)
+            await hub.serve(websocket, address, peer_id)
     except p.ProtocolError as e:
         log.warning("replication session with %s ended: %s", address, e)
 
@@ -137,21 +136,6 @@ async def _switch(role: str, to: str = ""):
         hold.sent.set()
     return Response(answer_then_release(), content_type="application/json",
                     headers={"Content-Length": str(len(body))})
-
-
-@bp.delete("/system/ha/pins/<drp_id>")
-async def forget_pin(drp_id: str):
-    """Forget the TLS certificate this node pinned for active `drp_id` (when that active's
-    certificate was replaced on purpose); the next connection pins the new one."""
-    store = current_app.node.store
-    key = pin_key(drp_id)
-    if not await store.local_get(key):
-        raise ApiError(404, f"this node has pinned no certificate for {drp_id}",
-                       model="ha", key=drp_id, type_="NotFound")
-    await store.local_delete(key)
-    log.warning("forgot the pinned TLS certificate of active %s (asked through the API); the "
-                "next connection pins the one it presents", drp_id)
-    return Response(json.dumps({"Forgot": drp_id}), content_type="application/json")
 
 
 @bp.post("/system/active")

@@ -61,13 +61,18 @@ def _prepare_user(obj: dict, current: dict | None) -> dict:
         raise ApiError(422, f"Password must be a string, not {type(password).__name__}",
                        model="users", key=str(obj.get("Name") or ""), type_="ValidationError")
     obj.pop("PasswordHash", None)
-    obj.pop("Secret", None)
+    # Secret: what the user's tokens are signed with (dr-provision's User.Secret). Never
+    # served; a new one sent revokes every token issued before (left out: kept).
+    secret = obj.pop("Secret", None)
+    if secret is not None and not isinstance(secret, str):
+        raise ApiError(422, f"Secret must be a string, not {type(secret).__name__}",
+                       model="users", key=str(obj.get("Name") or ""), type_="ValidationError")
     if current is not None:
         obj.setdefault("Roles", current.get("Roles", []))  # not "superuser" by default
         obj["PasswordHash"] = current.get("PasswordHash", "")
-        obj["Secret"] = current.get("Secret", "")
+        obj["Secret"] = secret or current.get("Secret", "")
     else:
-        obj["Secret"] = auth.new_secret()
+        obj["Secret"] = secret or auth.new_secret()
         obj["PasswordHash"] = auth.hash_password(password) if password else ""
     return obj
 
@@ -135,7 +140,8 @@ async def _decoded(kind: str, objs: list[dict]) -> list[dict]:
     """The objects with the secure params the caller may read (getSecure on each) opened."""
     opener = await paramvalues.opener(_store())
     claims, key_field = request.claims, models.KINDS[kind].key
-    return [{**o, "Params": secureparams.decoded(o["Params"], opener)}
+    return [{**o, "Params": secureparams.decoded(o["Params"], opener, kind,
+                                                 str(o.get(key_field)))}
             if isinstance(o.get("Params"), dict)
             and allowed(claims, kind, "getSecure", str(o.get(key_field))) else o
             for o in objs]

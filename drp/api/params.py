@@ -8,7 +8,8 @@ drp.api.objects.replace_object (validated, replicated, read-only objects refused
 not set reads as null (200); only removing one answers 404. Param names may hold '/'
 (`ipmi/username`), so the name is the rest of the path. What a param's definition says of its
 values (Schema, Secure) is applied by drp.api.paramvalues in that write; reads serve secure
-values as SecureData unless asked `decode=true` by a holder of the kind's getSecure claim.
+values as SecureData unless asked `decode=true` by a holder of the kind's getSecure claim, each
+then opened with the key of the object that holds it (drp.secureparams: one key pair per object).
 """
 from __future__ import annotations
 
@@ -42,10 +43,9 @@ def _query_flags(kind: str, key: str) -> tuple[bool, bool]:
     return paramvalues.flag("aggregate", kind, key), decode
 
 
-async def _opened(params: dict, decode: bool) -> dict:
-    if not decode:
-        return params
-    return secureparams.decoded(params, await paramvalues.opener(current_app.node.store))
+async def _keyring(decode: bool) -> secureparams.Keyring | None:
+    """The store's Keyring when the caller asked (and may ask) decode, else None."""
+    return await paramvalues.opener(current_app.node.store) if decode else None
 
 
 async def _stored(k: models.Kind, key: str) -> dict:
@@ -60,12 +60,22 @@ def _params_of(obj: dict | None) -> dict:
     return params if isinstance(params, dict) else {}
 
 
-async def _aggregated(k: models.Kind, obj: dict) -> dict:
+def _own(kind: str, obj: dict | None, ring: secureparams.Keyring | None) -> dict:
+    """An object's own Params, its secure values opened with its own key when ring is given
+    (each object seals to its own key pair: a profile's values open with the profile's)."""
+    params = _params_of(obj)
+    if ring is None or not params:
+        return params
+    return secureparams.decoded(params, ring, kind, str(obj.get(models.KINDS[kind].key)))
+
+
+async def _aggregated(k: models.Kind, obj: dict, ring: secureparams.Keyring | None) -> dict:
     """dr-provision's aggregate: the object's own params, then those of its profiles (each
     followed by the profiles it names), a machine's stage's profiles, and the global
-    profile; the first one found of each name wins."""
+    profile; the first one found of each name wins. With ring, each one's secure values are
+    opened with the key of the object that holds them."""
     store = current_app.node.store
-    result = dict(_params_of(obj))
+    result = dict(_own(k.name, obj, ring))
     names = list(obj.get("Profiles") or []) if isinstance(obj.get("Profiles"), list) else []
     if k.name == "machines" and obj.get("Stage"):
         stage = await store.get("stages", str(obj["Stage"]))
@@ -79,7 +89,7 @@ async def _aggregated(k: models.Kind, obj: dict) -> dict:
             continue
         seen.add(name)
         profile = await store.get("profiles", name)
-        for pname, value in _params_of(profile).items():
+        for pname, value in _own("profiles", profile, ring).items():
             result.setdefault(pname, value)
         if profile and isinstance(profile.get("Profiles"), list):
             names[:0] = profile["Profiles"]  # its own profiles come before the next one
@@ -116,12 +126,13 @@ async def get_params(kind: str, key: str):
     k = _kind(kind)
     aggregate, decode = _query_flags(kind, key)
     obj = await _stored(k, key)
-    params = await _aggregated(k, obj) if aggregate else _params_of(obj)
+    ring = await _keyring(decode)
+    params = await _aggregated(k, obj, ring) if aggregate else _own(kind, obj, ring)
     wanted = request.args.get("params", "")
     if wanted:  # a comma-separated list of the names to return
         names = {n.strip() for n in wanted.split(",") if n.strip()}
         params = {n: v for n, v in params.items() if n in names}
-    return json_response(await _opened(params, decode))
+    return json_response(params)
 
 
 @bp.post("/<kind>/<key>/params")
@@ -171,9 +182,10 @@ async def get_param(kind: str, key: str, name: str):
     aggregate, decode = _query_flags(kind, key)
     obj = await _stored(k, key)
     name = _name(name)
-    params = await _aggregated(k, obj) if aggregate else _params_of(obj)
+    ring = await _keyring(decode)
+    params = await _aggregated(k, obj, ring) if aggregate else _own(kind, obj, ring)
     if name in params:
-        return json_response((await _opened({name: params[name]}, decode))[name])
+        return json_response(params[name])
     return json_response(await _default(name) if aggregate else None)
 
 

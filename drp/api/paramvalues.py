@@ -6,9 +6,11 @@ PATCH: drp.api.objects calls check_write inside the write) and on the reads that
   and the reason. No definition, or one without a Schema: anything goes, as in dr-provision.
   A value the object already had is not checked again (dr-provision does not re-check values
   when a Schema changes either).
-- Secure (drp.secureparams): the value is stored and served as a SecureData; a plain value is
-  sealed here, a SecureData must open with this store's key (a GET-edit-PUT round trip sends
-  back the one it got). Its Schema is checked on the plain value.
+- Secure (drp.secureparams): the value is stored and served as a SecureData sealed to the
+  object's key pair (dr-provision's NaCl box); a plain value is sealed here, a SecureData (what
+  RackN's client seals to GET /<kind>/<key>/pubkey, or a GET-edit-PUT round trip sends back)
+  must open with the object's key, else 422, and is stored as it came. Its Schema is checked on
+  the plain value.
 - A `params` object's own Schema must be a JSON schema (422 otherwise).
 """
 from __future__ import annotations
@@ -44,19 +46,31 @@ def wants_decode(kind: str, key: str = "") -> bool:
     return True
 
 
-async def opener(store) -> secureparams.Sealer | None:
-    """This store's Sealer for reads; None while nothing secure was ever stored."""
+async def opener(store) -> secureparams.Keyring | None:
+    """This store's Keyring for reads (each object's key: for_object); None while nothing
+    secure was ever stored and no pubkey asked for."""
     record = await store.get(secureparams.SECRET_KIND, secureparams.SECRET_KEY)
-    return secureparams.sealer(record) if record else None
+    return secureparams.keyring(record) if record else None
+
+
+async def object_key(store, kind: str, key: str) -> secureparams.ObjectKey:
+    """The object's key pair (the pubkey route): the store secret is made, in its own write,
+    when no secure value was stored yet (a passive has it once the active made it)."""
+    ring = await opener(store)
+    if ring is None:
+        ring = await store.write(secureparams.keyring_in)
+    return ring.for_object(kind, key)
 
 
 def _invalid(kind: str, key: str, messages: list[str]) -> ApiError:
     return ApiError(422, *messages, model=kind, key=key, type_="ValidationError")
 
 
-def check_write(tx, kind: str, key: str, new: dict, current: dict | None) -> dict:
+def check_write(tx, kind: str, key: str, new: dict, current: dict | None,
+                definition_of=None) -> dict:
     """The object as it is to be stored: its Params checked against their definitions and
-    secure ones sealed; raises a 422 ApiError listing each value refused."""
+    secure ones sealed; raises a 422 ApiError listing each value refused. definition_of(name):
+    where definitions are looked up (default: the store; a content bundle's own come first)."""
     if kind == "params":
         try:
             paramschema.check_schema(new.get("Schema"))
@@ -68,18 +82,18 @@ def check_write(tx, kind: str, key: str, new: dict, current: dict | None) -> dic
         return new
     before = (current or {}).get("Params")
     before = before if isinstance(before, dict) else {}
-    out, problems, sealer = {}, [], None
+    out, problems, sealer = {}, [], None  # sealer: this object's key, made on first need
     for name, value in params.items():
         out[name] = value
         if name in before and before[name] == value:
             continue  # as it was: checked (and sealed) when it was set
-        definition = tx.get("params", name)
+        definition = (definition_of or (lambda n: tx.get("params", n)))(name)
         if not definition:
             continue
         plain = value
         if definition.get("Secure") is True:
             if sealer is None:
-                sealer = secureparams.sealer_in(tx)
+                sealer = secureparams.keyring_in(tx).for_object(kind, key)
             if secureparams.is_secure_data(value):
                 try:
                     plain = sealer.open(value)

@@ -66,6 +66,8 @@ ROUTES: dict[str, Callable[[dict, str, str], Need]] = {
     "params.patch_params": _objects("update"),
     "params.set_param": _objects("update"),
     "params.delete_param": _objects("update"),
+    # the key secure values are sealed to: dr-provision asks the kind's updateSecure claim
+    "pubkey.get_pubkey": _objects("updateSecure"),
     # dr-provision hands /info to any user in its token answer, so any user may read it.
     "system.info": lambda a, m, u: Need("info", "get", anyone=True),
     "system.user_token": _for_user("token"),
@@ -82,7 +84,14 @@ ROUTES: dict[str, Callable[[dict, str, str], Need]] = {
     "ha.blob": lambda a, m, u: Need("ha", "get", a["path"], superuser=True),
     "ha.system_active": lambda a, m, u: Need("system", "update", "active"),
     "ha.system_passive": lambda a, m, u: Need("system", "update", "passive"),
-    "ha.forget_pin": lambda a, m, u: Need("ha", "delete", a["drp_id"], superuser=True),
+    "ha_trust.discover": lambda a, m, u: Need("ha", "discover", self_checked=True),
+    "ha_trust.enroll": lambda a, m, u: Need("ha", "enroll", self_checked=True),
+    "ha_trust.renew": lambda a, m, u: Need("ha", "renew", superuser=True),
+    "ha_trust.describe": lambda a, m, u: Need("ha", "get", "trust", superuser=True),
+    "ha_trust.remove": lambda a, m, u: Need("ha", "remove", a["drp_id"], superuser=True),
+    "ha_trust.admit": lambda a, m, u: Need("ha", "admit", a["drp_id"], superuser=True),
+    "ha_trust.rotate_token": lambda a, m, u: Need("ha", "rotate", "token", superuser=True),
+    "ha_trust.rotate_ca": lambda a, m, u: Need("ha", "rotate", "ca", superuser=True),
     # automatic failover's view and its pause (drp.api.ha_cluster): superuser, as the pins
     "ha_cluster.state": lambda a, m, u: Need("ha", "get", "state", superuser=True),
     "ha_cluster.peers": lambda a, m, u: Need("ha", "get", "peers", superuser=True),

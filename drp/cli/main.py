@@ -71,15 +71,6 @@ def _passive(client, args):
     return client.json("POST", "/system/passive", params={"to": args[0]} if args else None)
 
 
-@command("system", "forget-pin", "DRP_ID",
-         summary="On a passive: forget the TLS certificate pinned for active DRP_ID",
-         arguments=(("DRP_ID", "the drp-id of the active whose certificate changed"),),
-         example="drpcli -E https://10.0.0.3:8092 system forget-pin node-a")
-def _forget_pin(client, args):
-    need(args, 1, "system forget-pin DRP_ID")
-    return client.json("DELETE", f"/system/ha/pins/{args[0]}")
-
-
 def parse_globals(argv: list[str]) -> tuple[dict, list[str]]:
     flags = {}
     for flag in GLOBAL_FLAGS:

@@ -52,8 +52,10 @@ HELLO, SNAPSHOT, STREAMING, CLOSED = "hello", "snapshot", "streaming", "closed"
 
 
 class ActiveSession:
-    def __init__(self, local: Local, tracker: ActiveTracker, address: str) -> None:
+    def __init__(self, local: Local, tracker: ActiveTracker, address: str,
+                 peer_id: str | None = None) -> None:
         self.local, self.tracker, self.address = local, tracker, address
+        self.peer_id = peer_id  # who the connection's certificate proved (None: not checked)
         self.state = HELLO
         self.passive_id = ""
         self.sent_seq = 0  # the last seq handed to this passive's connection
@@ -70,6 +72,9 @@ class ActiveSession:
         local = self.local
         refusal = check_hello(msg, ha_id=local.ha_id, os=local.os, arch=local.arch,
                               version=local.version, drp_id=local.drp_id)
+        if refusal is None and self.peer_id is not None and msg.drp_id != self.peer_id:
+            refusal = Refuse(f"the hello names {msg.drp_id} but the certificate proves "
+                             f"{self.peer_id}", "untrusted")
         if refusal is None and msg.drp_id in self.tracker:
             refusal = busy_refusal(msg.drp_id)
         if refusal is None and self.final_head is not None:

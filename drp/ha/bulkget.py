@@ -7,17 +7,16 @@ client spends ~45 µs of Python (httpcore, h11, re-chunking) on every 16 KiB rec
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import ssl
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote, urlsplit
 
 
 class CertificateMismatch(ssl.SSLError):
-    """The server is not the active whose certificate the replication stream pinned."""
+    """The server is not the active the replication stream is following."""
 
 
 class PoolClosed(RuntimeError):
@@ -28,20 +27,36 @@ class PoolClosed(RuntimeError):
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
-def pinned_context() -> ssl.SSLContext:
-    """A client context that checks no CA: the active's certificate is usually self-signed,
-    and who it is is checked by its pinned sha256 instead (callers do it)."""
+def unverified_context() -> ssl.SSLContext:
+    """A client context that checks no CA, for a Pool given no cluster TLS: who the server
+    is is then left entirely to the peer check (set_peer), made before anything is sent."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
+class _Https(http.client.HTTPSConnection):
+    """HTTPS to an address with another name in the SNI (the cluster side of a node's API
+    port answers to drp.ha.trust.CLUSTER_SNI, not to its address)."""
+
+    def __init__(self, host, port, timeout, context, server_name: str | None):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.server_name = server_name or host
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
 class Pool:
     """Idle connections to one base URL, shared by the threads of one fetcher."""
 
     def __init__(self, base_url: str, headers: dict[str, str], timeout: float,
-                 connect_timeout: float | None = None):
+                 connect_timeout: float | None = None,
+                 tls: tuple[Callable[[], ssl.SSLContext], str] | None = None):
+        """tls: (a function returning the client context, the SNI to send) for mutual TLS
+        with the cluster; None: no CA check, the peer check alone says who the server is."""
         url = urlsplit(base_url)
         self.https = url.scheme == "https"
         self.host = url.hostname or "localhost"
@@ -50,47 +65,54 @@ class Pool:
         self.headers = headers
         self.timeout = timeout  # for each read
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
-        # Self-signed certificates are the default: instead of a CA, every connection must
-        # present the certificate the replication stream pinned (set_fingerprint), checked
-        # before the token is sent.
-        self.ssl_context = pinned_context()
-        self.fingerprint: str | None = None  # sha256 of the active's certificate (DER)
+        self.tls = tls
+        # Every HTTPS connection must pass the peer check (set_peer: the active the stream
+        # follows) before a request is written on it.
+        self.peer: tuple[str, Callable[[bytes], object]] | None = None
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
 
-    def set_fingerprint(self, fingerprint: str) -> None:
-        """Only talk to a server with this certificate from now on (idle connections to
-        another are dropped)."""
+    def set_peer(self, tag: str, check: Callable[[bytes], object]) -> None:
+        """Only talk to a server whose certificate (DER) passes `check` from now on (it
+        raises to refuse); `tag` names that server (idle connections to another are
+        dropped)."""
         with self._lock:
-            if fingerprint == self.fingerprint:
+            if self.peer is not None and self.peer[0] == tag:
+                self.peer = (tag, check)
                 return
-            self.fingerprint, idle, self._idle = fingerprint, self._idle, []
+            self.peer, idle, self._idle = (tag, check), self._idle, []
         for conn in idle:
             conn.close()
 
+    @property
+    def peer_tag(self) -> str | None:
+        return self.peer[0] if self.peer else None
+
     def _connect(self) -> http.client.HTTPConnection:
-        """A new connection, tagged with the fingerprint it was checked against: it is
-        pooled only while that is still the one to trust."""
-        expected = self.fingerprint
+        """A new connection, tagged with the peer it was checked against: it is pooled only
+        while that is still the one to trust."""
+        expected = self.peer
         if self.https:
-            conn = http.client.HTTPSConnection(self.host, self.port,
-                                               timeout=self.connect_timeout,
-                                               context=self.ssl_context)
+            context = self.tls[0]() if self.tls else unverified_context()
+            conn = _Https(self.host, self.port, self.connect_timeout, context,
+                          self.tls[1] if self.tls else None)
         else:
             conn = http.client.HTTPConnection(self.host, self.port,
                                               timeout=self.connect_timeout)
         conn.connect()
         conn.sock.settimeout(self.timeout)  # connect_timeout was for the connect only
         if self.https:
-            seen = hashlib.sha256(conn.sock.getpeercert(binary_form=True) or b"").hexdigest()
-            if seen != expected:
+            der = conn.sock.getpeercert(binary_form=True) or b""
+            try:
+                if expected is None:
+                    raise CertificateMismatch("no active to trust is known yet")
+                expected[1](der)
+            except Exception as e:
                 conn.close()
-                raise CertificateMismatch(
-                    f"{self.host}:{self.port} presented a certificate (sha256 {seen[:16]}…) "
-                    f"other than the active's the replication stream pinned "
-                    f"({(expected or 'none yet')[:16]}…): not sending the token there")
-        conn.checked_fingerprint = expected
+                raise CertificateMismatch(f"{self.host}:{self.port}: {e}: not sending the "
+                                          "request there") from None
+        conn.checked_peer = expected[0] if expected else None
         return conn
 
     def _send(self, conn, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
@@ -129,7 +151,7 @@ class Pool:
             reusable = resp.isclosed() and not resp.will_close and not resp.length
             with self._lock:
                 if reusable and not self._closed and \
-                        conn.checked_fingerprint == self.fingerprint:
+                        conn.checked_peer == self.peer_tag:
                     self._idle.append(conn)
                     conn = None
             if conn is not None:

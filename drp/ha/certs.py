@@ -107,12 +107,13 @@ class ClusterCA:
     def current(self) -> Root:
         return self.roots[-1]
 
-    def rotate_if_due(self, now: datetime.datetime) -> bool:
-        """Make a new root when the current one is ROTATE_EVERY old, and drop expired roots.
-        True when anything changed (the caller stores the CA again)."""
+    def rotate_if_due(self, now: datetime.datetime, force: bool = False) -> bool:
+        """Make a new root when the current one is ROTATE_EVERY old (or `force`: an operator
+        rotating it now), and drop expired roots. True when anything changed (the caller
+        stores the CA again)."""
         now = _utc(now)
         changed = False
-        if now >= self.current.made + ROTATE_EVERY or not self.current.valid_at(now):
+        if force or now >= self.current.made + ROTATE_EVERY or not self.current.valid_at(now):
             self.roots.append(_new_root(self.ha_id, now))
             changed = True
         kept = [r for r in self.roots if r.cert.not_valid_after_utc >= now]
@@ -145,7 +146,8 @@ class ClusterCA:
 
 
 def issue(ca: ClusterCA, drp_id: str, ha_id: str, public_key: ed25519.Ed25519PublicKey,
-          now: datetime.datetime, addresses: Iterable[str] = ()) -> x509.Certificate:
+          now: datetime.datetime, addresses: Iterable[str] = (),
+          life: datetime.timedelta = NODE_LIFE) -> x509.Certificate:
     """A node certificate from the current root: CN and SAN URI name the node, good for both
     TLS server and client auth. `addresses` (IPs or DNS names) are added as SANs, for uses
     that check them (etcd's peer and server TLS)."""
@@ -172,7 +174,7 @@ def issue(ca: ClusterCA, drp_id: str, ha_id: str, public_key: ed25519.Ed25519Pub
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(root.cert.subject)
             .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(now - SKEW)
-            .not_valid_after(min(now + NODE_LIFE, root.cert.not_valid_after_utc))
+            .not_valid_after(min(now + life, root.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                          key_encipherment=False, data_encipherment=False,

@@ -8,29 +8,33 @@ real node, a memory channel in the in-process tests); reconnects back off, cappe
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncContextManager, Callable, Protocol
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
 
 from drp import __version__
 from drp.ha import protocol as p
-from drp.ha.bulkget import pinned_context
+from drp.ha import enrolment
 from drp.ha.catchup import full_catchup, remove_orphans
+from drp.ha.certs import Untrusted
 from drp.ha.passive_session import PassiveSession
 from drp.ha.progress import Progress
 from drp.ha.replay import BatchApplier
 from drp.ha.session_events import (Apply, FetchSnapshot, HandedOver, InSync, Refused, Send,
                                    Stalled, Welcomed)
+from drp.ha.trust import CLUSTER_SNI, tls_refusal
 from drp.metrics import APPLIED_SEQ, LAG_ENTRIES, LAG_SECONDS
 from drp.platform_id import goarch, goos
 
 log = logging.getLogger("drp.ha.passive")
 REALTIME = "Stream switch to realtime streaming"
 MAX_MESSAGE = 256 << 20
+CONNECT_TIMEOUT = 5.0
+DISCONNECT_TIMEOUT = 0.5
 BACKOFF_MAX = 5.0
 REFUSED_RETRY = 30.0  # a refusal someone must fix: token, ha-id, version, platform
 # "busy": most often this node's own previous connection, which the active has not yet seen
@@ -45,7 +49,8 @@ class Channel(Protocol):
     """One replication connection as the passive sees it."""
     async def send(self, frame: str) -> None: ...
     async def receive(self) -> str | bytes: ...
-    def peer_certificate(self) -> bytes | None: ...  # DER; None when not over TLS
+    # The drp-id the connection's certificate proved (None: not over TLS, in-process tests)
+    peer_id: str | None
 
 
 Connect = Callable[[], AsyncContextManager[Channel]]
@@ -58,8 +63,8 @@ class RefusedError(Exception):
 
 
 class _Websocket:
-    def __init__(self, ws):
-        self.ws = ws
+    def __init__(self, ws, peer_id: str):
+        self.ws, self.peer_id = ws, peer_id
 
     async def send(self, frame: str) -> None:
         await self.ws.send_message(frame)
@@ -67,32 +72,58 @@ class _Websocket:
     async def receive(self) -> str | bytes:
         return await self.ws.get_message()
 
-    def peer_certificate(self) -> bytes | None:
-        getpeercert = getattr(getattr(self.ws, "_stream", None), "getpeercert", None)
-        return getpeercert(binary_form=True) if getpeercert else None
 
+def websocket_connect(join_url: str, node_trust, ha_token: str | None) -> Connect:
+    """Dial the active's replication websocket over mutual TLS: enrol or renew first if due
+    (drp.ha.enrolment), then the TLS handshake with this node's certificate and the cluster
+    bundle as the only roots, and the server's certificate checked (a node of this cluster,
+    not removed) before the websocket handshake writes a byte. No token is sent."""
+    url = urlsplit(join_url)
+    host, port = url.hostname or "localhost", url.port or 443
+    resource = url.path.rstrip("/") + "/api/v3/ha/replicate"
 
-def websocket_connect(join_url: str, ha_token: str) -> Connect:
-    """Dial the active's replication websocket (Bearer <ha-token>)."""
-    base = join_url.rstrip("/")
-    url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + \
-        "/api/v3/ha/replicate"
-    headers = [(b"authorization", f"Bearer {ha_token}".encode())]
+    async def _dial() -> tuple[trio.SSLStream, str]:
+        tcp = await trio.open_tcp_stream(host, port)
+        stream = trio.SSLStream(tcp, node_trust.client_context(), server_hostname=CLUSTER_SNI,
+                                https_compatible=True)
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as e:
+            await trio.aclose_forcefully(stream)
+            raise RefusedError(f"refusing the server at {join_url}: {tls_refusal(e)}",
+                               "certificate") from None
+        try:
+            return stream, node_trust.verify(stream.getpeercert(binary_form=True))
+        except Untrusted as e:
+            await trio.aclose_forcefully(stream)
+            raise RefusedError(f"refusing the server at {join_url}: {e}", "certificate") \
+                from None
 
     @asynccontextmanager
     async def connect():
-        ctx = pinned_context()  # who it is is checked by the pinned sha256 (_check_pin)
-        async with trio_websocket.open_websocket_url(
-                url, ctx, extra_headers=headers, max_message_size=MAX_MESSAGE,
-                receive_buffer_size=1 << 20, connect_timeout=5,
-                disconnect_timeout=0.5) as ws:
-            yield _Websocket(ws)
+        try:
+            await enrolment.ensure(node_trust, join_url, ha_token)
+        except enrolment.EnrolmentRefused as e:
+            raise RefusedError(e.reason, e.code) from None
+        try:
+            async with trio.open_nursery() as nursery:  # the websocket's reader task
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream, peer_id = await _dial()
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery, stream, f"{host}:{port}", resource,
+                        max_message_size=MAX_MESSAGE, receive_buffer_size=1 << 20)
+                try:
+                    yield _Websocket(ws, peer_id)
+                finally:
+                    with trio.move_on_after(DISCONNECT_TIMEOUT) as cleanup:
+                        cleanup.shield = True
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # what the follower raised, as it raised it
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
     return connect
-
-
-def pin_key(active_id: str) -> str:
-    """The `local` row holding the certificate this node pinned for an active."""
-    return f"pin:{active_id}"
 
 
 def _normal_close(exc: BaseException) -> bool:
@@ -327,7 +358,7 @@ class Follower:
         self._progress = trio.Event()
 
     async def _welcomed(self, channel: Channel, msg: p.Welcome) -> None:
-        await self._check_pin(channel, msg.drp_id)
+        self._check_peer(channel, msg.drp_id)
         self.last_session = self.session
         self.fetcher.use_static(msg.static_port)
         self.welcomed = True
@@ -357,25 +388,17 @@ class Follower:
                 await remove_orphans(self.node)
                 self.reconciled = True
 
-    async def _check_pin(self, channel: Channel, active_id: str) -> None:
-        cert = channel.peer_certificate()
-        if cert is None:
+    def _check_peer(self, channel: Channel, active_id: str) -> None:
+        """The welcome must come from the node the certificate proved; bulk downloads then go
+        to that node only."""
+        peer_id = channel.peer_id
+        if peer_id is None:  # not over TLS (in-process tests)
             return
-        fingerprint = hashlib.sha256(cert).hexdigest()
-        key = pin_key(active_id)
-        pinned = await self.store.local_get(key)
-        if pinned is None:
-            await self.store.local_set(key, fingerprint)
-            log.info("pinned the TLS certificate of active %s (sha256 %s)", active_id,
-                     fingerprint[:16])
-        elif pinned != fingerprint:
-            here = f"https://{self.cfg.static_ip or '<this node>'}:{self.cfg.api_port}"
-            raise RefusedError(
-                f"the TLS certificate of active {active_id} changed (pinned sha256 "
-                f"{pinned[:16]}…, now {fingerprint[:16]}…): if that is expected, forget the "
-                f"pin on this node: `drpcli -E {here} system forget-pin {active_id}`",
-                "certificate")
-        self.fetcher.set_fingerprint(fingerprint)  # bulk downloads: this server only
+        if peer_id != active_id:
+            raise RefusedError(f"the welcome names {active_id} but the server's certificate "
+                               f"proves {peer_id}", "certificate")
+        trust = self.node.trust
+        self.fetcher.set_peer(active_id, lambda der: trust.verify(der, expected=active_id))
 
     async def _catch_up(self, snap: p.Snapshot, divergent: bool) -> None:
         progress = Progress(self._status)

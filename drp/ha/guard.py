@@ -12,12 +12,15 @@ VIP is held or --ha-join points elsewhere, /api/v3/info there (`ha_is_active` an
 from __future__ import annotations
 
 import logging
+import secrets
+import ssl
 import time
 from urllib.parse import urlparse
 
 import httpx
 import trio
 
+from drp.ha.trust import CLUSTER_SNI
 from drp.ha.vip_control import VipControl, VipError
 
 log = logging.getLogger("drp.ha")
@@ -25,14 +28,25 @@ INFO_TIMEOUT = 1.0
 RELEASE_POLL = 0.05  # while a node hands over, how often to look whether it let the VIP go
 
 
-async def _info_at(url: str, token: str, my_id: str) -> dict | None:
-    """/api/v3/info of a *different* dr-provision answering at url, if any."""
+async def _info_at(url: str, trust, my_id: str) -> dict | None:
+    """/api/v3/info of a *different* dr-provision of this cluster answering at url, if any:
+    asked over mutual TLS with this node's cluster certificate (no token is sent; a server
+    without a certificate of this cluster gets nothing). A node not enrolled yet has no
+    certificate: it asks the unauthenticated discovery route, which only an active answers."""
+    base = url.rstrip("/") + "/api/v3"
     try:
-        async with httpx.AsyncClient(verify=False, timeout=INFO_TIMEOUT) as http:
-            resp = await http.get(url.rstrip("/") + "/api/v3/info",
-                                  headers={"Authorization": f"Bearer {token}"})
-        info = resp.json() if resp.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError):
+        if trust is not None and trust.cert is not None:
+            async with httpx.AsyncClient(verify=trust.client_context(),
+                                         timeout=INFO_TIMEOUT) as http:
+                resp = await http.get(base + "/info", extensions={"sni_hostname": CLUSTER_SNI})
+            info = resp.json() if resp.status_code == 200 else {}
+        else:
+            async with httpx.AsyncClient(verify=False, timeout=INFO_TIMEOUT) as http:
+                resp = await http.get(base + "/system/ha/discover",
+                                      params={"nonce": secrets.token_hex(16)})
+            found = resp.json() if resp.status_code == 200 else {}
+            info = {"id": found.get("DrpId"), "ha_is_active": True} if found else {}
+    except (httpx.HTTPError, ssl.SSLError, ValueError):
         return None
     if not isinstance(info, dict) or info.get("id") in (None, my_id):
         return None
@@ -73,12 +87,12 @@ async def other_active(node, link: VipControl) -> str | None:
     vip_url = f"https://{vip_ip}:{cfg.api_port}/"
     holder = await _probe(link)  # (nobody answers on loopback)
     if holder:
-        info = await _info_at(vip_url, cfg.ha_token, node.drp_id)
+        info = await _info_at(vip_url, node.trust, node.drp_id)
         if info and not info.get("ha_is_active"):
             holder = await _wait_release(link, holder, info["id"],
                                          cfg.ha_handover_timeout + 2)
             if holder:
-                info = await _info_at(vip_url, cfg.ha_token, node.drp_id)
+                info = await _info_at(vip_url, node.trust, node.drp_id)
         if holder and info and info.get("ha_is_active"):
             return (f"VIP {vip_ip} is answered by {holder}, where {info['id']} serves as "
                     "active")
@@ -90,11 +104,11 @@ async def other_active(node, link: VipControl) -> str | None:
             log.warning("VIP %s is still answered by %s but no dr-provision answers there (a "
                         "crashed node?); taking it over", vip_ip, holder)
     if not join_is_vip:  # when the join URL is the VIP, the ARP probe already answered this
-        info = await _info_at(join, cfg.ha_token, node.drp_id)
+        info = await _info_at(join, node.trust, node.drp_id)
         deadline = time.monotonic() + cfg.ha_handover_timeout + 2
         while info and info.get("ha_status") == "Handover" and time.monotonic() < deadline:
             await trio.sleep(RELEASE_POLL)  # let it finish handing its last entries over
-            info = await _info_at(join, cfg.ha_token, node.drp_id)
+            info = await _info_at(join, node.trust, node.drp_id)
         if info and info.get("ha_is_active"):
             return f"{join} is served by another active ({info['id']})"
     return None

@@ -27,9 +27,11 @@ from typing import Awaitable, Callable
 import trio
 
 from drp import __version__
+from drp.ha import enrolment
 from drp.ha.active_session import Local
 from drp.ha.etcd import EtcdError
 from drp.ha.follower import RAN_STANDALONE, Connect, Follower
+from drp.ha.nodetrust import form_cluster
 from drp.ha.sender import Hub
 from drp.ha.vip_control import VipControl, VipError
 from drp.metrics import EPOCH, ROLE
@@ -83,9 +85,11 @@ def passive_reason(node, active_id: str = "") -> str:
                                             and active_id != node.drp_id else ""))
 
 
-def _promote(drp_id: str):
+def _promote(drp_id: str, cfg, form_trust: bool):
     def promote(tx):
         bootstrap(tx, drp_id)  # a node that never held data starts its own
+        if form_trust:  # the first active of a cluster makes its CA
+            form_cluster(tx, cfg.ha_id, cfg.ha_token)
         epoch = max(tx.epoch, tx.max_epoch()) + 1
         tx.record("ha", drp_id, "promote", {"epoch": epoch, "drp_id": drp_id}, epoch=epoch)
         tx.epoch = epoch
@@ -142,7 +146,9 @@ class ActiveRole(_Role):
             node.status_line("active: taking over")
             if self.switched:  # a node's first role followed nobody
                 log.info("active: stopped following at seq %d", store.head)
-            epoch = await store.write(_promote(node.drp_id), internal=True)
+            trust = getattr(node, "trust", None)  # None in in-process tests
+            epoch = await store.write(_promote(node.drp_id, self.cfg, trust is not None),
+                                      internal=True)
             if await store.local_get(RAN_STANDALONE):  # its data is the cluster's from now on
                 await store.local_set(RAN_STANDALONE, "")
             EPOCH.set(epoch)
@@ -151,6 +157,10 @@ class ActiveRole(_Role):
             lead = self.lead
             if lead is not None:
                 await self._start_epoch(epoch)
+            if trust is not None:
+                await trust.refresh()
+                if trust.cert_problem() or trust.wants_renewal():
+                    await trust.issue_own()
             await self._take_vip()
             hub = self.hub = Hub(store, self._local(), self.cfg.base_root / "ha" / "snapshots",
                                  self.cfg.ha_sync_timeout, clock)
@@ -163,6 +173,8 @@ class ActiveRole(_Role):
                     log.info("active: announcing %s from %s with gratuitous ARP (a burst of 5 "
                              "now, another in 3 s)", vip.ip, vip.mac())
                 nursery.start_soon(hub.expire_loop)
+                if trust is not None:
+                    nursery.start_soon(enrolment.keep_active, trust)
                 store.accept_writes(hub.wait_synced if lead is None
                                     else lead.leadership.gate(hub.wait_synced))
                 for start in self.seams.services():
@@ -305,6 +317,9 @@ class PassiveRole(_Role):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.follower.run)
                 nursery.start_soon(self._ready_when_following)
+                if getattr(node, "trust", None) is not None:
+                    nursery.start_soon(enrolment.keep_passive, node.trust, self.cfg.join_url,
+                                       self.cfg.ha_token)
                 if self.campaign is not None:
                     nursery.start_soon(self.campaign)
                 task_status.started(self)

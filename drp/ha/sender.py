@@ -158,10 +158,20 @@ class Hub:
                                 "may be lost on failover; check and retry on the active")
 
     # ---- one passive: the driver ------------------------------------------------------------
-    async def serve(self, channel: Channel, address: str) -> None:
+    def disconnect(self, drp_id: str) -> bool:
+        """End the session of that passive (removed from the cluster); True if it had one."""
+        cut = False
+        for scope, session in list(self._sessions.items()):
+            if session.passive_id == drp_id:
+                scope.cancel()
+                cut = True
+        return cut
+
+    async def serve(self, channel: Channel, address: str, peer_id: str | None = None) -> None:
         """Run one replication session until it ends or the hub is closed. A ProtocolError
-        (the passive sent something malformed or out of order) ends it with the reason."""
-        session = ActiveSession(self.local, self.tracker, address)
+        (the passive sent something malformed or out of order) ends it with the reason.
+        peer_id: the drp-id the passive's certificate proved (its hello must say the same)."""
+        session = ActiveSession(self.local, self.tracker, address, peer_id)
         if self.closed or self.final_head is not None:  # its hello is answered not_active
             session.handover_begun(self.store.head if self.final_head is None
                                    else self.final_head)

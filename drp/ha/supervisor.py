@@ -33,6 +33,7 @@ from drp.ha.etcd import EtcdError
 from drp.ha.follower import websocket_connect
 from drp.ha.roles import ActiveRole, Lead, PassiveRole, RoleFailed, Seams, VipHold
 from drp.ha.transfer import Fetcher
+from drp.ha.trust import CLUSTER_SNI
 from drp.ha.vip_control import LinkVip, VipError
 from drp.node import RoleStatus
 
@@ -58,14 +59,16 @@ def write_state(base_root: Path, passive: bool) -> None:
 
 
 def real_seams(node) -> Seams:
-    """The VIP on --ha-interface, the websocket to --ha-join, HTTPS downloads, the guard."""
+    """The VIP on --ha-interface, the websocket to --ha-join and HTTPS downloads (mutual TLS
+    with the node's cluster certificate), the guard."""
     cfg = node.cfg
     script = str(cfg.ha_interface_script) if cfg.ha_interface_script else None
     link = LinkVip(cfg.ha_interface, str(cfg.ha_address), script)
     return Seams(
         vip=link,
-        connect=websocket_connect(cfg.join_url, cfg.ha_token),
-        fetcher=lambda: Fetcher(cfg.join_url, cfg.ha_token, cfg.base_root / "ha" / "partial"),
+        connect=websocket_connect(cfg.join_url, node.trust, cfg.ha_token),
+        fetcher=lambda: Fetcher(cfg.join_url, None, cfg.base_root / "ha" / "partial",
+                                tls=(node.trust.client_context, CLUSTER_SNI)),
         guard=lambda: guard.other_active(node, link),
         services=lambda: node.plane.starters() if node.plane is not None else [])
 

@@ -83,7 +83,7 @@ class Cancelled(Exception):
 
 
 class Fetcher:
-    """Downloads from the active (HTTPS with the token; files and ISOs from its static port
+    """Downloads from the active (HTTPS, mutual TLS; files and ISOs from its static port
     when it has one), resumable and sha256-verified.
 
     Each download runs in a worker thread (drp.ha.bulkget): OpenSSL decrypts the TLS records
@@ -91,9 +91,12 @@ class Fetcher:
     loop (trio's SSLStream, h11) every 16 KiB record cost a round of Python and made the
     passive CPU-bound. Several fetches run at once, on both cores."""
 
-    def __init__(self, base_url: str, token: str, partial_dir: Path):
+    def __init__(self, base_url: str, token: str | None, partial_dir: Path, tls=None):
+        """token: a Bearer token to send (None: the connection's client certificate is the
+        credential); tls: as bulkget.Pool's."""
         self.partial_dir = partial_dir
-        self.client = Pool(base_url, {"Authorization": f"Bearer {token}"}, READ_TIMEOUT)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = Pool(base_url, headers, READ_TIMEOUT, tls=tls)
         self.static: Pool | None = None  # the active's static file server, when it has one
         self._resumed: set[Path] = set()  # partial files a fetch resumed (said once each)
         self._static_usable = False  # cleared when it fails to answer, until the next session
@@ -118,10 +121,10 @@ class Fetcher:
                                    {}, READ_TIMEOUT, STATIC_CONNECT_TIMEOUT)
         self._static_usable = self.static is not None
 
-    def set_fingerprint(self, fingerprint: str) -> None:
-        """The sha256 of the active's TLS certificate, as the replication stream pinned it:
-        downloads go to that server only."""
-        self.client.set_fingerprint(fingerprint)
+    def set_peer(self, tag: str, check) -> None:
+        """Downloads go only to a server whose certificate passes `check` (the active the
+        replication stream follows: bulkget.Pool.set_peer)."""
+        self.client.set_peer(tag, check)
 
     async def aclose(self) -> None:
         """Close the connections now, or, if a fetch thread given up on still runs, when the

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from drp.ha.certs import ClusterCA, Untrusted, issue
+from drp.ha.certs import NODE_LIFE, ClusterCA, Untrusted, issue
 
 PEER_CERT = "drp.peer_certificate"  # the scope["state"] key the hypercorn hook fills
 # The SNI a node sends to reach the cluster side of an API port (api_context); .invalid is
@@ -102,7 +102,8 @@ def csr_for(drp_id: str, key: ed25519.Ed25519PrivateKey) -> str:
 
 
 def enrol(ca: ClusterCA, drp_id: str, csr_pem: str, now: datetime.datetime,
-          revoked: Iterable[str] = (), addresses: Iterable[str] = ()) -> dict:
+          revoked: Iterable[str] = (), addresses: Iterable[str] = (),
+          life: datetime.timedelta = NODE_LIFE) -> dict:
     """An enrolment request (drp-id + CSR; the caller has already checked the HA token) turned
     into {"cert": PEM, "bundle": PEM}. Refused (Untrusted) for a removed node or a CSR that
     does not match."""
@@ -125,7 +126,7 @@ def enrol(ca: ClusterCA, drp_id: str, csr_pem: str, now: datetime.datetime,
     public = csr.public_key()
     if not isinstance(public, ed25519.Ed25519PublicKey):
         raise Untrusted(f"the CSR of {drp_id} carries a non-ed25519 key")
-    cert = issue(ca, drp_id, ca.ha_id, public, now, addresses)
+    cert = issue(ca, drp_id, ca.ha_id, public, now, addresses, life)
     return {"cert": cert_pem(cert), "bundle": ca.bundle_pem(now)}
 
 
@@ -200,8 +201,10 @@ def api_context(cert, key, bundle: str, public: ssl.SSLContext) -> ssl.SSLContex
 def reload(ctx: ssl.SSLContext, cert, key, bundle: str) -> None:
     """A renewed certificate and a rotated bundle, in a context already listening (hypercorn
     makes its context once): new connections get them. Roots dropped from the bundle stay in
-    the context's store, but they are expired by then and refused as such."""
-    _load_chain(ctx, cert, key)
+    the context's store, but they are expired by then and refused as such. A node without a
+    certificate yet (cert None) only gets the bundle."""
+    if cert and key:
+        _load_chain(ctx, cert, key)
     if bundle.strip():
         ctx.load_verify_locations(cadata=bundle)
 
@@ -244,6 +247,53 @@ def install_peer_certificate_hook() -> None:
 
     wrapper.drp_peer_hook = True
     tcp.ProtocolWrapper = wrapper
+    _log_refused_handshakes(tcp.TCPServer)
+
+
+def _log_refused_handshakes(server_class) -> None:
+    """hypercorn drops a failed TLS handshake without a word; one whose client certificate
+    was refused (another CA, expired) is a node or an impostor an operator wants to hear
+    about: said once per address per 10 s. The handshake is done here first (the server's
+    own call then finds it done, or failed, and returns as before); a failed one's socket is
+    closed, which hypercorn leaves open."""
+    import logging
+
+    import trio
+
+    from drp.ratelog import RateLog
+
+    refused = RateLog(logging.getLogger("drp.ha.trust"), "refused a TLS client certificate")
+    original = server_class.run
+
+    async def run(self):
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            try:
+                with trio.fail_after(self.config.ssl_handshake_timeout):
+                    await stream.do_handshake()
+            except trio.BrokenResourceError as e:
+                if _cert_refusal(e):
+                    try:
+                        peer = stream.transport_stream.socket.getpeername()[0]
+                    except OSError:
+                        peer = "?"
+                    refused.warn(peer, "%s", tls_refusal(e))
+                # hypercorn returns without closing it: the client would wait forever
+                await trio.aclose_forcefully(stream.transport_stream)
+            except trio.TooSlowError:
+                await trio.aclose_forcefully(stream.transport_stream)
+        return await original(self)
+
+    server_class.run = run
+
+
+def _cert_refusal(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def peer_certificate(scope: dict) -> bytes | None:
