@@ -365,6 +365,24 @@ def test_renewal_and_root_rotation_under_write_load_drop_no_session(cluster):
     assert set(acked) <= names  # every acknowledged write is on the passive
 
 
+def test_a_node_down_longer_than_its_certificate_enrols_again_by_itself(cluster):
+    """A lapsed certificate is not a dead end: the node enrols again with the HA token it
+    was started with, and follows where it left off."""
+    a, b = pair(cluster, extra=("--ha-cert-life", "10s"))
+    b.stop()
+    with a.client(token=cluster.token) as c:
+        c.post("/machines", json={"Name": "while-b-was-down"}).raise_for_status()
+    expired = node_cert(b).not_valid_after_utc
+    time.sleep(max(0.0, (expired - datetime.datetime.now(datetime.timezone.utc))
+                   .total_seconds()) + 1)
+    mark = len(b.logs())
+    cluster.start(b)
+    tail = wait_log_after(b, mark, REALTIME)
+    assert "expired at" in tail and "enrolling with the active" in tail, tail
+    assert node_cert(b).not_valid_after_utc > expired
+    assert "this node is at seq" in tail  # resumed from its position, no full copy
+
+
 def test_a_users_new_secret_revokes_its_earlier_tokens(drp_factory):
     server = drp_factory("secret")
     with server.client() as c:

@@ -45,8 +45,6 @@ def create_app(node: Node) -> QuartTrio:
         """A connection with a client certificate came in on the cluster side of the port
         (drp.ha.trust.api_context): another node, authenticated by it (a superuser: it holds
         the cluster's data anyway), or refused with the reason."""
-        if node.trust is None:
-            return None
         der = peer_certificate(scope)
         if der is None:
             return None
@@ -69,14 +67,16 @@ def create_app(node: Node) -> QuartTrio:
         # The leader lease a write is answered under (automatic failover), checked again
         # just before the answer leaves: see _say_who.
         req.leadership = node.ha.leadership() if node.ha is not None else None
-        if req.path in PUBLIC_PATHS:  # discovery and enrolment check what they need
-            req.user, req.claims = {}, ()
-            return
-        user = _node_user(req.scope)
-        if user is not None:
-            req.user, req.node_id = user, user["NodeId"]
-        else:
-            req.user = await app.authenticator.authenticate(req.headers, req.remote_addr)
+        if node.trust is not None:  # an HA node: other nodes come with a certificate
+            if req.path in PUBLIC_PATHS:  # discovery and enrolment check what they need
+                req.user, req.claims = {}, ()
+                return
+            user = _node_user(req.scope)
+            if user is not None:
+                req.user, req.node_id = user, user["NodeId"]
+                await _authorize(req)
+                return
+        req.user = await app.authenticator.authenticate(req.headers, req.remote_addr)
         await _authorize(req)
 
     @app.before_websocket

@@ -126,9 +126,11 @@ async def get_object(kind: str, key: str):
     text = await _store().get_json(kind, key)
     if text is None:
         raise not_found(k, key)
-    if request.method == "HEAD":
+    req = request._get_current_object()  # one context lookup (this is the hottest route)
+    if req.method == "HEAD":
         return "", 200
-    if "decode" in request.args and kind in paramvalues.PARAMS_KINDS \
+    # (the query string is looked at before request.args: parsing an empty one costs more)
+    if req.query_string and "decode" in req.args and kind in paramvalues.PARAMS_KINDS \
             and paramvalues.wants_decode(kind, key):  # secure params opened (getSecure)
         return json_response((await _decoded(kind, [json.loads(text)]))[0])
     if kind not in models.HIDDEN_FIELDS:  # as stored is as served: no decode and re-encode

@@ -115,8 +115,9 @@ def websocket_connect(join_url: str, node_trust, ha_token: str | None) -> Connec
                 try:
                     yield _Websocket(ws, peer_id)
                 finally:
-                    with trio.move_on_after(DISCONNECT_TIMEOUT) as cleanup:
-                        cleanup.shield = True
+                    # A close handshake, bounded; not shielded: a role being cancelled (this
+                    # node taking over) must not wait on the peer's answer.
+                    with trio.move_on_after(DISCONNECT_TIMEOUT):
                         await ws.aclose()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # what the follower raised, as it raised it
