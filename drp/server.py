@@ -17,6 +17,7 @@ from drp.config import Config, ConfigError
 from drp.ha.follower import RAN_STANDALONE
 from drp.ha.autopilot import make_autopilot
 from drp.ha.nodetrust import NodeTrust
+from drp.ha.trust import install_peer_certificate_hook
 from drp.ha.supervisor import Supervisor
 from drp.metrics import metrics_service
 from drp.serving import hypercorn_config, serve_app
@@ -66,6 +67,7 @@ class Server:
             node.cert_path, node.key_path = cert, key
             if cfg.ha_enabled:
                 node.trust = await trio.to_thread.run_sync(NodeTrust, cfg, store, drp_id)
+                install_peer_certificate_hook()  # requests carry their client certificate
             node.plane = Plane(node)
             node.status_line = lambda text: systemd.notify(f"STATUS={text}")
             await self._run_node(node)

@@ -43,8 +43,6 @@ def hypercorn_config(port: int, cert: Path | None = None, key: Path | None = Non
                      host: str = "0.0.0.0", node_trust=None) -> hypercorn.config.Config:
     """node_trust: the node's drp.ha.nodetrust.NodeTrust when it is in an HA cluster."""
     if node_trust is not None:
-        from drp.ha.trust import install_peer_certificate_hook
-        install_peer_certificate_hook()  # each request's scope carries its client certificate
         hc = _ClusterConfig()
         hc.node_trust = node_trust
     else:

@@ -191,7 +191,7 @@ class Impostor:
     certificate naming node-a of this cluster; it records every plaintext byte it gets and
     answers discovery with a forged bundle (it cannot make the proof)."""
 
-    def __init__(self, tmp):
+    def __init__(self):
         key = ed25519.Ed25519PrivateKey.generate()
         ca = ClusterCA.create(HA_ID, datetime.datetime.now(datetime.timezone.utc))
         self.cert = issue(ca, "node-a", HA_ID, key.public_key(),
@@ -237,9 +237,9 @@ class Impostor:
         self.sock.close()
 
 
-def test_a_man_in_the_middle_gets_no_token_and_no_entry(cluster, tmp_path):
+def test_a_man_in_the_middle_gets_no_token_and_no_entry(cluster):
     a, b = pair(cluster)
-    impostor = Impostor(tmp_path)
+    impostor = Impostor()
     try:
         # An enrolled node (b) pointed at the impostor: its chain is not the cluster's
         b.stop()

@@ -173,7 +173,7 @@ class ActiveRole(_Role):
                     log.info("active: announcing %s from %s with gratuitous ARP (a burst of 5 "
                              "now, another in 3 s)", vip.ip, vip.mac())
                 nursery.start_soon(hub.expire_loop)
-                if trust is not None:
+                if trust is not None:  # renewals and root rotation, for as long as it is active
                     nursery.start_soon(enrolment.keep_active, trust)
                 store.accept_writes(hub.wait_synced if lead is None
                                     else lead.leadership.gate(hub.wait_synced))

@@ -10,12 +10,14 @@ Hostnames are not checked: nodes are named by drp-id, not by address.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import ssl
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
+import trio
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from drp.ha.certs import NODE_LIFE, ClusterCA, Untrusted, issue
+from drp.ratelog import RateLog
 
 PEER_CERT = "drp.peer_certificate"  # the scope["state"] key the hypercorn hook fills
 # The SNI a node sends to reach the cluster side of an API port (api_context); .invalid is
@@ -212,13 +215,11 @@ def reload(ctx: ssl.SSLContext, cert, key, bundle: str) -> None:
 def tls_refusal(exc: BaseException) -> str:
     """A one-line reason from a failed handshake (trio wraps the ssl error in
     BrokenResourceError)."""
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in _causes(exc):
         if isinstance(seen, ssl.SSLCertVerificationError):
             return f"TLS: the peer's certificate was refused ({seen.verify_message})"
         if isinstance(seen, ssl.SSLError):
             return "TLS: " + str(seen.reason or seen).replace("_", " ").lower()
-        seen = seen.__cause__ or seen.__context__
     return f"TLS: {type(exc).__name__}: {exc}" if str(exc) else f"TLS: {type(exc).__name__}"
 
 
@@ -256,12 +257,6 @@ def _log_refused_handshakes(server_class) -> None:
     about: said once per address per 10 s. The handshake is done here first (the server's
     own call then finds it done, or failed, and returns as before); a failed one's socket is
     closed, which hypercorn leaves open."""
-    import logging
-
-    import trio
-
-    from drp.ratelog import RateLog
-
     refused = RateLog(logging.getLogger("drp.ha.trust"), "refused a TLS client certificate")
     original = server_class.run
 
@@ -272,7 +267,7 @@ def _log_refused_handshakes(server_class) -> None:
                 with trio.fail_after(self.config.ssl_handshake_timeout):
                     await stream.do_handshake()
             except trio.BrokenResourceError as e:
-                if _cert_refusal(e):
+                if any(isinstance(c, ssl.SSLCertVerificationError) for c in _causes(e)):
                     try:
                         peer = stream.transport_stream.socket.getpeername()[0]
                     except OSError:
@@ -287,13 +282,12 @@ def _log_refused_handshakes(server_class) -> None:
     server_class.run = run
 
 
-def _cert_refusal(exc: BaseException) -> bool:
+def _causes(exc: BaseException):
+    """exc and what it was raised from, innermost last (trio wraps ssl errors)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def peer_certificate(scope: dict) -> bytes | None:
