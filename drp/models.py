@@ -208,7 +208,8 @@ def dhcp_checks(kind: str, obj: dict) -> list[str]:
 
 def _option_problems(where: str, option) -> list[str]:
     """What a well-typed option may still get wrong (types: said by modelvalues.fill)."""
-    # What DHCP will send is checked here; imported on first use (it loads scapy, ~0.5 s).
+    # What DHCP will send is checked here; imported on first use: drp.dhcp sits above the
+    # models (its engine reads modelvalues), a module-level import would point upward.
     from drp.dhcp import optvalues, template
     if not isinstance(option, dict):
         return []

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import socket
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass
+from functools import lru_cache
 
 from drp.modelvalues import parse_time
 
@@ -21,10 +23,28 @@ OFFER_HOLD = 30.0
 
 
 def addr_int(value) -> int | None:
+    """value (a dotted quad, an int or anything else) as an IPv4 address's int, or None."""
+    if type(value) is str:
+        return _text_int(value)
+    if type(value) is int:
+        return value if 0 <= value <= 0xFFFFFFFF else None
     try:
         return int(ipaddress.IPv4Address(value))
     except (ValueError, TypeError):
         return None
+
+
+@lru_cache(maxsize=1 << 16)  # a /16's worth: ipaddress's strict parse is ~2 us, a hit ~0.1
+def _text_int(text: str) -> int | None:
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
+
+
+def addr_text(ip: int) -> str:
+    """An address's int (0..2**32-1) as a dotted quad."""
+    return socket.inet_ntoa(ip.to_bytes(4, "big"))
 
 
 def epoch(text) -> float:
@@ -43,6 +63,8 @@ class Subnet:
     lo: int | None  # the active range, without the network and broadcast addresses
     hi: int | None
     problem: str | None
+    first: int = 0  # the CIDR's network and broadcast addresses
+    last: int = -1
 
     @property
     def enabled(self) -> bool:
@@ -56,8 +78,7 @@ class Subnet:
     def contains(self, addr) -> bool:
         """addr (an int, a string or None) is in the CIDR."""
         n = addr if isinstance(addr, int) else addr_int(addr)
-        net = self.net
-        return n is not None and int(net.network_address) <= n <= int(net.broadcast_address)
+        return n is not None and self.first <= n <= self.last
 
 
 def _subnet(obj: dict) -> Subnet | None:
@@ -80,7 +101,8 @@ def _subnet(obj: dict) -> Subnet | None:
         lo, hi = max(start, first), min(end, last)
         if lo > hi:
             problem, lo, hi = f"subnet {name}: the active range is outside {net}", None, None
-    return Subnet(name, obj, net, lo, hi, problem)
+    return Subnet(name, obj, net, lo, hi, problem, int(net.network_address),
+                  int(net.broadcast_address))
 
 
 class Book:
@@ -228,7 +250,7 @@ class Book:
         return (obj.get("Strategy") or "MAC", str(obj.get("Token")))
 
     def _index_expiry(self, ip: int) -> None:
-        sub = self.subnet_for(str(ipaddress.IPv4Address(ip)), enabled_only=False)
+        sub = self.subnet_for(addr_text(ip), enabled_only=False)
         name = sub.name if sub else None
         self._lease_subnet[ip] = name
         self._insert(self._by_expiry.setdefault(name, []), (self._expires[ip], ip))
@@ -292,7 +314,7 @@ class Book:
         """Addresses whose leases expired before `before` (for the server's reclaimer)."""
         out = []
         for entries in self._by_expiry.values():
-            out += [str(ipaddress.IPv4Address(ip))
+            out += [addr_text(ip)
                     for _, ip in entries[:bisect_left(entries, (before, -1))]]
         return out
 
@@ -331,7 +353,7 @@ class Book:
         ip = self._hold_token.get(token)
         if ip is None or self._holds[ip][1] <= now:
             return None
-        return str(ipaddress.IPv4Address(ip))
+        return addr_text(ip)
 
     # -- picking ---------------------------------------------------------------------------
     def is_free(self, addr, token: str, now: float, strategy: str = "MAC") -> bool:
@@ -381,7 +403,7 @@ class Book:
         if ip is None:
             return None
         self._cursor[sub.name] = ip + 1 if ip < sub.hi else sub.lo
-        return str(ipaddress.IPv4Address(ip))
+        return addr_text(ip)
 
     def most_expired(self, sub: Subnet, token: str, now: float) -> str | None:
         """dr-provision's mostExpired: the lease in the active range that expired longest ago
@@ -393,5 +415,5 @@ class Book:
             if expires > now:
                 return None
             if sub.in_range(ip) and self.is_free(ip, token, now):
-                return str(ipaddress.IPv4Address(ip))
+                return addr_text(ip)
         return None

@@ -9,10 +9,10 @@ The engine changes the Book only through hold/unhold (offers are not stored).
 """
 from __future__ import annotations
 
-import ipaddress
+import socket
 from dataclasses import dataclass, replace
 
-from drp.dhcp.book import OFFER_HOLD, Book, addr_int
+from drp.dhcp.book import OFFER_HOLD, Book, addr_int, addr_text
 from drp.dhcp.context import Ctx, Ingress
 from drp.dhcp.optvalues import describe
 from drp.dhcp.replyoptions import agent_option, reply_options
@@ -138,7 +138,7 @@ def _log(ctx: Ctx, text: str) -> str:
 
 
 def _nak(ctx: Ctx, addr: str | None, why: str) -> Decision:
-    opts = [(54, ipaddress.IPv4Address(ctx.ingress.server_ip).packed), (56, why.encode()[:255])]
+    opts = [(54, socket.inet_aton(ctx.ingress.server_ip)), (56, why.encode()[:255])]
     dest, port = _dest(ctx.req, nak=True)
     # RFC 2131 4.3.2: a NAK through a relay has the broadcast bit set (the client has no address)
     req = replace(ctx.req, flags=ctx.req.flags | BROADCAST) if port == 67 else ctx.req
@@ -152,13 +152,13 @@ def _discover(ctx: Ctx) -> Decision:
     res = _reservation(ctx)
     addr, how = None, ""
     if res is not None:
-        addr, how = str(ipaddress.IPv4Address(res["Addr"])), "reservation"
+        addr, how = addr_text(addr_int(res["Addr"])), "reservation"
     else:
         lease = book.lease_for(STRATEGY, token, sub.name)
         held = book.held_for(token, now)
         if lease is not None and sub.in_range(lease["Addr"]) \
                 and book.is_free(lease["Addr"], token, now):
-            addr, how = str(ipaddress.IPv4Address(lease["Addr"])), "lease"
+            addr, how = addr_text(addr_int(lease["Addr"])), "lease"
         elif held is not None and sub.in_range(held) and book.is_free(held, token, now):
             addr, how = held, "offered"  # a repeated DISCOVER: the same offer
         elif sub.obj.get("OnlyReservations") is True:

@@ -7,7 +7,9 @@ lease's ProvidedOptions.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
+from functools import lru_cache
 
 from drp.dhcp.packets import user_class_text
 from drp.modelvalues import parse_bool
@@ -132,12 +134,13 @@ def _text(raw: bytes) -> str:
     return text if text.isprintable() else raw.hex(":")
 
 
+@lru_cache(maxsize=8192)  # per packet, for its options: most repeat from client to client
 def describe(code: int, raw: bytes) -> str:
     """raw as dr-provision shows it: 93 → "7", 77 → "iPXE", 55 → "1,3,6", 3 → "10.0.0.1";
     bytes that do not fit their code's type fall back to text or hex."""
     try:
         if code in IP1 | IPS | IP_PAIRS and raw and len(raw) % 4 == 0:
-            return ",".join(str(ipaddress.IPv4Address(raw[i:i + 4])) for i in range(0, len(raw), 4))
+            return ",".join(socket.inet_ntoa(raw[i:i + 4]) for i in range(0, len(raw), 4))
         if code in I32 and len(raw) == 4:
             return str(struct.unpack("!i", raw)[0])
         if code in U32 and len(raw) == 4:

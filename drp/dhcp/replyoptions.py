@@ -4,9 +4,11 @@ server identifier, and the boot file and server when the client boots (dr-provis
 defaults when none is configured). `ctx` is the engine's request context (drp.dhcp.context.Ctx)."""
 from __future__ import annotations
 
-import ipaddress
+import socket
+from functools import lru_cache
+
 from drp.dhcp import template
-from drp.dhcp.book import addr_int
+from drp.dhcp.book import addr_int, addr_text
 from drp.dhcp.context import Ctx
 from drp.dhcp.optvalues import BadOption, describe, encode
 from drp.dhcp.packets import Request
@@ -15,6 +17,26 @@ ZERO = "0.0.0.0"
 # Set by the server from the exchange itself, never from a subnet's or reservation's Options.
 SERVER_CODES = {0, 50, 51, 52, 53, 54, 55, 57, 58, 59, 61, 255}
 EFI_ARCHES = {6, 7, 9, 10, 11, 16}  # RFC 4578 / IANA: EFI IA32, x64, BC, ARM32, ARM64, x64 HTTP
+# A subnet's few rendered values, encoded once, not per reply (a BadOption is not cached: raised
+# again each time). Rendered values are always text, so always hashable.
+_encoded = lru_cache(maxsize=4096)(encode)
+
+
+class Facts(dict):
+    """The request's options as templates see them (code → described value), each described
+    when a template first asks for it: most replies render no template at all."""
+
+    def __init__(self, options: dict[int, bytes]):
+        super().__init__()
+        self.options = options
+
+    def get(self, code, default=None):
+        if code not in self:
+            raw = self.options.get(code)
+            if raw is None:
+                return default
+            self[code] = describe(code, raw)
+        return self[code]
 
 
 def _configured(ctx: Ctx, res: dict | None) -> dict[int, str]:
@@ -39,7 +61,7 @@ def _next_server(ctx: Ctx, res: dict | None) -> str:
     for owner in (res or {}, ctx.sub.obj):
         value = owner.get("NextServer")
         if isinstance(value, str) and addr_int(value) not in (None, 0):
-            return str(ipaddress.IPv4Address(value))
+            return addr_text(addr_int(value))
     return ctx.ingress.server_ip
 
 
@@ -59,7 +81,7 @@ def reply_options(ctx: Ctx, res: dict | None, lease_time: int | None):
     """(options to send in order, siaddr, boot file or ""): the RFC's MUSTs and the boot
     options when booting, plus what the client asked for in 55 (all configured ones when it
     sent no 55, as ISC does), in the client's order after the lease basics."""
-    facts = {c: describe(c, v) for c, v in ctx.req.options.items()}
+    facts = Facts(ctx.req.options)
     values: dict[int, bytes] = {}
     for code, text in _configured(ctx, res).items():
         try:
@@ -70,7 +92,7 @@ def reply_options(ctx: Ctx, res: dict | None, lease_time: int | None):
         if rendered == "":
             continue  # a template that chose nothing: the option is not sent
         try:
-            values[code] = encode(code, rendered)
+            values[code] = _encoded(code, rendered)
         except BadOption as e:
             ctx.notes.append(f"option {code} skipped: {e}")
     next_server = _next_server(ctx, res)
@@ -79,7 +101,7 @@ def reply_options(ctx: Ctx, res: dict | None, lease_time: int | None):
     boot = values[67].decode("utf-8", "replace") if 67 in values else ""
     if boot and 66 not in values:
         values[66] = next_server.encode()
-    values[54] = ipaddress.IPv4Address(ctx.ingress.server_ip).packed
+    values[54] = socket.inet_aton(ctx.ingress.server_ip)
     if lease_time is not None:
         values[51] = lease_time.to_bytes(4, "big")
         values[58] = (lease_time // 2).to_bytes(4, "big")

@@ -39,6 +39,11 @@ class Tx:
                                 (kind, key)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def exists(self, kind: str, key: str) -> bool:
+        """An object is stored at kind/key (get without decoding its body)."""
+        return self.conn.execute("SELECT 1 FROM objects WHERE kind=? AND key=?",
+                                 (kind, key)).fetchone() is not None
+
     def blob(self, path: str) -> dict | None:
         """The blobs row of path: {path, size, sha256, mode, time}, or None."""
         return queries.blob(self.conn, path)
