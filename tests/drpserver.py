@@ -25,10 +25,19 @@ def clean_environ() -> dict:
             if not k.startswith("RS_") and k not in _LEAKY_ENV}
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this process: the kernel may give the
+    same ephemeral port to two binds in a row (an API and a static port once collided)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class DrpServer:
