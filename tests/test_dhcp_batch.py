@@ -9,7 +9,7 @@ import trio
 
 from drp.config import load
 from drp.dhcp import engine
-from drp.dhcp.server import DhcpServer, Pending, stored_lease
+from drp.dhcp.server import DhcpServer
 from drp.node import Node, bootstrap
 from drp.store.store import Store
 from tests.test_dhcp_core import MAC, MAC2, MAC3, NOW, SERVER, book, req
@@ -42,10 +42,7 @@ def queue_ack(srv: DhcpServer, mac: str) -> str:
     addr = ipaddress.IPv4Address(offer.reply[16:20]).compressed
     ack = engine.decide(req("request", mac, extra=[("server_id", SERVER),
                                                   ("requested_addr", addr)]), INGRESS, srv.book, NOW)
-    put = stored_lease(ack.lease_put, {})
-    before = {put["Addr"]: srv.book.lease_at(put["Addr"])}
-    srv.book.apply("leases", put["Addr"], put)
-    srv.waiting.append(Pending(ack, 1, SERVER, put, None, before))
+    srv._queue(ack, 1, INGRESS)
     return addr
 
 

@@ -63,8 +63,8 @@ class Subnet:
     lo: int | None  # the active range, without the network and broadcast addresses
     hi: int | None
     problem: str | None
-    first: int = 0  # the CIDR's network and broadcast addresses
-    last: int = -1
+    first: int  # the CIDR's network and broadcast addresses
+    last: int
 
     @property
     def enabled(self) -> bool:

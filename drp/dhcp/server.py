@@ -19,6 +19,7 @@ import logging
 import socket as stdsocket
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import trio
 
@@ -51,10 +52,14 @@ def stored_lease(lease: dict, old: dict) -> dict:
     """The engine's lease as stored: what complete("leases", ...) makes of it (model order,
     every field, the server's times set), without complete's walk of every field and nested
     option, which was half the cost of a REQUEST. The engine's leases hold model fields of
-    their model's types only (tests/test_dhcp_core.py holds this to complete())."""
+    their model's types only (tests/test_dhcp_codec.py holds this to complete())."""
     now = now_text()
     return {**LEASE_ZERO, **{k: type(LEASE_ZERO[k])() for k in _MUTABLE_ZERO}, **lease,
             "LastModifiedAt": now, "CreatedAt": old.get("CreatedAt") or now}
+
+
+# The ancillary data a reply leaves with, per (interface, source address): a few at most
+_leave_by = lru_cache(maxsize=256)(udp.leave_by)
 
 
 @dataclass
@@ -63,7 +68,7 @@ class Pending:
     book held at those addresses (restored if the commit fails)."""
     decision: engine.Decision
     ifindex: int
-    server_ip: str
+    ingress: engine.Ingress
     put: dict | None
     gone: str | None
     before: dict
@@ -83,7 +88,6 @@ class DhcpServer:
         self._wake = trio.Event()
         self._commits = trio.Semaphore(COMMITS)
         self._ingress: dict[int, tuple[object, engine.Ingress]] = {}  # ifindex → (iface, it)
-        self._leave_by: dict[tuple[int, str], list] = {}
         self.answered = 0  # replies sent (for tests and logs)
         self.dropped_busy = 0  # requests dropped unanswered because the server was behind
 
@@ -190,11 +194,15 @@ class DhcpServer:
         except engine.Dropped as e:
             log.debug("dhcp from %s on %s: dropped: %s", request.chaddr, iface.name, e)
             return
-        put, gone = decision.lease_put, decision.lease_delete
-        if put is None and gone is None:
+        if decision.lease_put is None and decision.lease_delete is None:
             if decision.reply is not None:
-                self._reply(decision, ifindex, ingress.server_ip)
+                self._reply(decision, ifindex, ingress)
             return
+        self._queue(decision, ifindex, ingress)
+
+    def _queue(self, decision: engine.Decision, ifindex: int, ingress: engine.Ingress) -> None:
+        """Hand a decision with lease changes to the committer, its lease in the book now."""
+        put, gone = decision.lease_put, decision.lease_delete
         changed = ([put["Addr"]] if put else []) + ([gone] if gone else [])
         before = {addr: self.book.lease_at(addr) for addr in changed}
         if put:
@@ -205,7 +213,7 @@ class DhcpServer:
             self.book.apply("leases", gone, None)
         if put:
             self.book.apply("leases", put["Addr"], put)
-        self.waiting.append(Pending(decision, ifindex, ingress.server_ip, put, gone, before))
+        self.waiting.append(Pending(decision, ifindex, ingress, put, gone, before))
         self._wake.set()
 
     def _ingress_of(self, iface) -> engine.Ingress:
@@ -250,7 +258,7 @@ class DhcpServer:
         if committed:
             for p in batch:
                 if p.decision.reply is not None:  # RELEASE and DECLINE get no answer
-                    self._reply(p.decision, p.ifindex, p.server_ip)
+                    self._reply(p.decision, p.ifindex, p.ingress)
 
     async def _commit(self, batch: list[Pending]) -> bool:
         """Write the batch's lease changes; on failure restore the book, send nothing."""
@@ -286,21 +294,18 @@ class DhcpServer:
                 continue
             self.book.apply("leases", addr, stored)
 
-    def _reply(self, decision, ifindex: int, server_ip: str) -> None:
+    def _reply(self, decision, ifindex: int, ingress: engine.Ingress) -> None:
         if decision.dest == "broadcast":
             dest = ("255.255.255.255", decision.port)
         else:
             dest = (decision.dest, decision.port)
-        leave_by = self._leave_by.get((ifindex, server_ip))
-        if leave_by is None:
-            leave_by = self._leave_by[(ifindex, server_ip)] = udp.leave_by(ifindex, server_ip)
         try:
-            self.sock.sendmsg([decision.reply], leave_by, 0, dest)
+            self.sock.sendmsg([decision.reply], _leave_by(ifindex, ingress.server_ip), 0, dest)
         except OSError as e:  # a full send buffer included: the client retries
             self.ratelog.warn(dest[0], f"could not send the reply: {e.strerror or e}")
             return
         self.answered += 1
-        log.debug("dhcp: %s", decision.log)
+        log.debug("dhcp on %s: %s", ingress.ifname, decision.log)
 
 
 async def serve_dhcp(node, task_status=trio.TASK_STATUS_IGNORED) -> None:
