@@ -21,7 +21,9 @@ it (overload). Other work on the machine can only cost a server exchanges, never
 `sustained_rate` is the highest offered rate any run passed; the ratios use it (`_slices`
 ratios: the slices' ACKs/s). Also per server: p50/p99 of DISCOVER->OFFER and REQUEST->ACK (from
 perfdhcp's timestamps; it prints only min/avg/max/std) in the slices and at 200/s, losses,
-server CPU ms per exchange.
+server CPU ms per exchange. And drp's decision path alone in the benchmark's process
+(bench/_dhcpfloor.py: parse, decide, build, no I/O or store), against each server's CPU
+per exchange: the part of drp's cost that is the Python decision itself.
 
 TFTP. One 64 MiB file in the standalone node's tftpboot/, served by drp and by `in.tftpd -L -s`
 (tftpd-hpa, same directory, port 69 in its own namespace), fetched by the same clients: curl
@@ -44,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._dhcpfloor import decision_floor
 from bench._tftpclient import tftp_get
 from tests.hanet import Cluster, Node, run_in_thread_ns
 from tests.netns import Lab
@@ -289,6 +292,13 @@ def bench_dhcp(stack: contextlib.ExitStack, workdir: Path, servers: list[str], q
     for other in ("drp", "kea"):  # less noisy than rates: the busiest process's CPU/exchange
         if cpu.get("drp_ha") and cpu.get(other):
             out[f"cpu_per_exchange_drp_ha_active_vs_{other}"] = round(cpu["drp_ha"] / cpu[other], 2)
+    # drp's decision path alone, in this process (no I/O, store or replication): against a
+    # server's whole CPU per exchange, how much is the Python decision and how much the rest
+    floor = out["drp_decision_floor"] = decision_floor(SUBNET)
+    for name, server_cpu in cpu.items():
+        if server_cpu:
+            out[f"decision_floor_vs_{name}_cpu"] = round(floor["cpu_ms_per_exchange"]
+                                                         / server_cpu, 2)
     out["targets"] = {"drp_ha_vs_drp": 0.8, "drp_ha_vs_kea": 0.5}
     out["method"] = (f"sustained = highest offered rate losing <= {MAX_LOSS:.0%} (-d 0.5) in any "
                      f"run; {step_s} s search steps, {rounds}x{slice_s} s slices; -R {clients}")

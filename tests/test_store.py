@@ -290,6 +290,30 @@ async def test_apply_replicated_failure_keeps_position_of_what_was_applied(store
         replica.close()
 
 
+async def test_apply_replicated_failing_first_entry_applies_nothing_of_the_batch(store, tmp_path):
+    """The batch is one transaction: when its first entry fails, none of the others (which
+    would apply) is kept either, and the position stays where it was."""
+    for name in ("p", "q", "r"):
+        await store.write(put("profiles", name, {"Name": name}))
+    entries = await store.entries_after(0)
+    first = len(entries) - 3  # the three puts are the last entries
+    replica = Store(tmp_path / "b.db")
+    try:
+        await replica.apply_replicated(entries[:first])
+        bad = {**entries[first], "kind": "bogus"}
+        with pytest.raises(ValueError):
+            await replica.apply_replicated([bad, *entries[first + 1:]])
+        assert replica.head == (entries[first - 1]["seq"] if first else 0)
+        assert len(await replica.entries_after(0)) == first
+        assert await replica.get("profiles", "q") is None  # after the failure: not applied
+        await replica.apply_replicated(entries[first:])  # the real entries apply afterwards
+        assert replica.head == entries[-1]["seq"]
+        for name in ("p", "q", "r"):
+            assert await replica.get("profiles", name) == await store.get("profiles", name)
+    finally:
+        replica.close()
+
+
 async def test_snapshot_round_trip(store, tmp_path):
     store.local_set_sync("drp_id", "primary")
     for i in range(5):  # complete, as the API stores them (an install completes what is not)

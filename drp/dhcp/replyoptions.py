@@ -39,11 +39,16 @@ class Facts(dict):
         return self[code]
 
 
+@lru_cache(maxsize=256)  # ipaddress makes these texts anew on every str()
+def _net_texts(net) -> tuple[str, str]:
+    return str(net.netmask), str(net.broadcast_address)
+
+
 def _configured(ctx: Ctx, res: dict | None) -> dict[int, str]:
     """Code → Value template: the CIDR's mask and broadcast, the subnet's Options, then the
     reservation's, per code. Odd stored entries are skipped with a note."""
-    net = ctx.sub.net
-    out = {1: str(net.netmask), 28: str(net.broadcast_address)}
+    mask, broadcast = _net_texts(ctx.sub.net)
+    out = {1: mask, 28: broadcast}
     for owner in (ctx.sub.obj, res or {}):
         options = owner.get("Options")
         for opt in options if isinstance(options, list) else ():

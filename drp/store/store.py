@@ -317,9 +317,9 @@ class Store(StoreReads):
                 log.exception("change listener failed")
 
     async def apply_replicated(self, entries: list[dict]) -> None:
-        """A passive's replay: each entry in its own transaction, position included. Durable
-        when this returns: the batch costs one flush of the WAL, not one per entry. A flush
-        that fails stops this node as it would an active (_lost_the_disk)."""
+        """A passive's replay: one transaction, position included. Durable when this returns:
+        the batch costs one flush of the WAL, not one per entry. A flush that fails stops
+        this node as it would an active (_lost_the_disk)."""
         if not entries:
             return
         self._check_disk()  # never acknowledge entries as durable on a disk that lost some

@@ -5,8 +5,8 @@
   its seqs are reused by the next write: the change log stays gap-free. The commit is
   published (handed to the replication senders) before its fsync, so the passives' round trip
   overlaps this node's disk flush; the writes are reported done only after both.
-- apply_entries: a passive's replay, each entry in its own transaction; one flush of the WAL
-  at the end of the batch.
+- apply_entries: a passive's replay in one transaction (a failing entry: the ones before it
+  committed, replayed again); one flush of the WAL at the end of the batch.
 """
 from __future__ import annotations
 
@@ -180,22 +180,19 @@ def _commit_group(conn: sqlite3.Connection, group: list[Job], head: int, epoch: 
 
 def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
                   wire: list[tuple[int, str]], wal_fd: int, retention: int) -> None:
-    """Replay entries, each in its own transaction (appending to `applied` and `wire` as each
-    commits) without waiting for the disk; then one flush of the WAL (`wal_fd`, as in
-    run_group) makes the batch durable — what committed before a failing entry too. Raises
-    NotDurable when that flush fails: nothing may then be acknowledged."""
+    """Replay entries in one transaction without waiting for the disk; then one flush of the
+    WAL (`wal_fd`, as in run_group) makes the batch durable. When an entry fails, the ones
+    before it are committed all the same (replayed again in a transaction of their own) and
+    the error is raised: `applied` and `wire` get what committed. Raises NotDurable when the
+    flush fails: nothing may then be acknowledged. One transaction, not one per entry: a
+    batch's pages go to the WAL once; no savepoints, which cost a statement journal each, for
+    a failure that is a bug or a broken disk."""
     conn.execute("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
     try:
-        for entry in entries:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = apply_change(conn, entry)
-                conn.execute("COMMIT")
-            except BaseException:
-                rollback_open(conn)
-                raise
-            applied.append(entry)
-            wire.append((entry["seq"], entry_text(row)))
+        failed_at, failure = _replay(conn, entries, applied, wire)
+        if failure is not None and failed_at:
+            _, again = _replay(conn, entries[:failed_at], applied, wire)
+            failure = again or failure
     finally:
         try:
             if applied:
@@ -204,5 +201,31 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
         except BaseException as e:  # replaces whatever else went wrong: this matters more
             raise NotDurable(f"replicated entries could not be made durable "
                              f"({type(e).__name__}: {e})", list(applied)) from e
+    if failure is not None:
+        raise failure
     if entries:
         trim_if_due(conn, entries[0]["seq"] - 1, entries[-1]["seq"], retention)
+
+
+def _replay(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
+            wire: list[tuple[int, str]]) -> tuple[int, BaseException | None]:
+    """Apply entries in one transaction, committed only when all of them applied (then added
+    to `applied` and `wire`). Returns (index of the entry that failed, its error) or (0, None);
+    a failing COMMIT raises."""
+    done_wire: list[tuple[int, str]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for i, entry in enumerate(entries):
+            try:
+                row = apply_change(conn, entry)
+            except Exception as e:  # noqa: BLE001 - handed back: the caller replays the rest
+                rollback_open(conn)
+                return i, e
+            done_wire.append((entry["seq"], entry_text(row)))
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_open(conn)
+        raise
+    applied.extend(entries)
+    wire.extend(done_wire)
+    return 0, None
