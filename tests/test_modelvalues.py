@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from drp.modelvalues import TIME_FORMAT, now_text, parse_time, time_text
@@ -32,3 +33,12 @@ def test_now_text_is_now_in_rfc3339():
     assert when is not None and when.tzinfo is not None
     assert before - 1 <= when.timestamp() <= time.time() + 1
     assert now_text().endswith("Z") and len(now_text()) == len("2026-12-03T11:20:27.000000Z")
+
+
+@pytest.mark.parametrize("when, error", [(float("nan"), ValueError), (float("inf"), OverflowError),
+                                         (float("-inf"), OverflowError)])
+def test_time_text_refuses_what_datetime_refuses(when, error):
+    with pytest.raises(error):
+        reference(when)
+    with pytest.raises(error):
+        time_text(when)

@@ -290,25 +290,31 @@ async def test_apply_replicated_failure_keeps_position_of_what_was_applied(store
         replica.close()
 
 
-async def test_apply_replicated_failing_first_entry_applies_nothing_of_the_batch(store, tmp_path):
-    """The batch is one transaction: when its first entry fails, none of the others (which
-    would apply) is kept either, and the position stays where it was."""
-    for name in ("p", "q", "r"):
+async def test_apply_replicated_is_one_transaction_and_stops_at_a_failing_entry(store, tmp_path):
+    """A batch is replayed in one transaction (one BEGIN, not one per entry). An entry that
+    fails: the ones before it are committed (the position says so), it and the ones after it
+    are not, and they apply once they arrive again."""
+    for name in ("p", "q", "r", "s"):
         await store.write(put("profiles", name, {"Name": name}))
     entries = await store.entries_after(0)
-    first = len(entries) - 3  # the three puts are the last entries
+    first = len(entries) - 4  # the four puts are the last entries
     replica = Store(tmp_path / "b.db")
+    begins: list[str] = []
     try:
         await replica.apply_replicated(entries[:first])
-        bad = {**entries[first], "kind": "bogus"}
+        replica._writer_conn.set_trace_callback(
+            lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
+        await replica.apply_replicated(entries[first:first + 2])  # p and q: one transaction
+        assert len(begins) == 1
+        bad = {**entries[first + 2], "kind": "bogus"}  # r fails, s would apply
         with pytest.raises(ValueError):
-            await replica.apply_replicated([bad, *entries[first + 1:]])
-        assert replica.head == (entries[first - 1]["seq"] if first else 0)
-        assert len(await replica.entries_after(0)) == first
-        assert await replica.get("profiles", "q") is None  # after the failure: not applied
-        await replica.apply_replicated(entries[first:])  # the real entries apply afterwards
+            await replica.apply_replicated([bad, entries[first + 3]])
+        assert replica.head == entries[first + 1]["seq"]
+        assert len(await replica.entries_after(0)) == first + 2
+        assert await replica.get("profiles", "s") is None  # after the failure: not applied
+        await replica.apply_replicated(entries[first + 2:])  # the real r and s apply later
         assert replica.head == entries[-1]["seq"]
-        for name in ("p", "q", "r"):
+        for name in ("p", "q", "r", "s"):
             assert await replica.get("profiles", name) == await store.get("profiles", name)
     finally:
         replica.close()

@@ -189,10 +189,15 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
     a failure that is a bug or a broken disk."""
     conn.execute("PRAGMA synchronous=NORMAL")  # may not change inside a transaction
     try:
-        failed_at, failure = _replay(conn, entries, applied, wire)
+        failed_at, failure = _replay(conn, entries, applied, wire, retention)
         if failure is not None and failed_at:
-            _, again = _replay(conn, entries[:failed_at], applied, wire)
-            failure = again or failure
+            try:
+                _, again = _replay(conn, entries[:failed_at], applied, wire, retention)
+            except Exception as e:  # noqa: BLE001 - the first failure is the one to report
+                again = e
+            if again is not None:
+                failure.add_note(f"the {failed_at} entries before it were not committed "
+                                 f"either: {type(again).__name__}: {again}")
     finally:
         try:
             if applied:
@@ -203,25 +208,25 @@ def apply_entries(conn: sqlite3.Connection, entries: list[dict], applied: list[d
                              f"({type(e).__name__}: {e})", list(applied)) from e
     if failure is not None:
         raise failure
-    if entries:
-        trim_if_due(conn, entries[0]["seq"] - 1, entries[-1]["seq"], retention)
 
 
 def _replay(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
-            wire: list[tuple[int, str]]) -> tuple[int, BaseException | None]:
-    """Apply entries in one transaction, committed only when all of them applied (then added
-    to `applied` and `wire`). Returns (index of the entry that failed, its error) or (0, None);
-    a failing COMMIT raises."""
+            wire: list[tuple[int, str]], retention: int) -> tuple[int, Exception | None]:
+    """Apply entries in one transaction (the log trimmed in it when due), committed only when
+    all of them applied (then added to `applied` and `wire`). Returns (index of the entry
+    that failed, its error) or (0, None); a failing COMMIT raises."""
     done_wire: list[tuple[int, str]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         for i, entry in enumerate(entries):
             try:
                 row = apply_change(conn, entry)
-            except Exception as e:  # noqa: BLE001 - handed back: the caller replays the rest
+            except Exception as e:  # noqa: BLE001 - handed back: the caller replays the ones before it
                 rollback_open(conn)
                 return i, e
             done_wire.append((entry["seq"], entry_text(row)))
+        if entries:
+            trim_if_due(conn, entries[0]["seq"] - 1, entries[-1]["seq"], retention)
         conn.execute("COMMIT")
     except BaseException:
         rollback_open(conn)
