@@ -199,7 +199,8 @@ def build_reply(req: Request, msg_type: int, yiaddr: str, siaddr: str,
             parts += (bytes((code, len(value))), value)
         else:  # RFC 3396: a longer value goes out as consecutive options of the same code
             for i in range(0, len(value), 255):
-                parts += (bytes((code, len(value[i:i + 255]))), value[i:i + 255])
+                chunk = value[i:i + 255]
+                parts += (bytes((code, len(chunk))), chunk)
     parts.append(b"\xff")
     raw = b"".join(parts)
     reply = Reply(raw + b"\0" * (MIN_REPLY - len(raw)) if len(raw) < MIN_REPLY else raw)
