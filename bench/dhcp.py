@@ -61,6 +61,7 @@ SUBNET = {"Name": "bench", "Subnet": "198.18.0.0/16", "ActiveStart": "198.18.1.0
 PLANE = ["--disable-dhcp", "false", "--dhcp-ifs", "eth0", "--disable-tftp", "false"]
 SERVER, PERF, TFTPD, TCLIENT = "198.18.0.2", "198.18.0.50", "198.18.0.3", "198.18.0.60"
 STANDBY = "198.18.0.4"  # Kea's hot-standby partner
+COMPARED = ("drp", "kea", "kea_ha")  # what drp HA's rate and CPU are set against
 MAX_LOSS = 0.01
 FILE_MIB, BLKSIZE, WINDOW = 64, 1468, 16
 TICK = os.sysconf("SC_CLK_TCK")
@@ -272,12 +273,12 @@ def bench_dhcp(stack: contextlib.ExitStack, workdir: Path, servers: list[str], q
         out["kea_ha"]["pair_after"] = kea_pair_after()
     for key, figure in (("", "sustained_rate"), ("_slices", "slices_exchanges_per_s")):
         rate = {t.name: out[t.name][figure] for t in targets}
-        for other in ("drp", "kea", "kea_ha"):
+        for other in COMPARED:
             if rate.get("drp_ha") and rate.get(other):
                 out[f"ratio_drp_ha_vs_{other}{key}"] = round(rate["drp_ha"] / rate[other], 3)
     cpu = {t.name: (out[t.name]["cpu_ms_per_exchange"] or [None])[0] for t in targets}
     # less noisy than rates: the busiest process's CPU per exchange
-    for other in ("drp", "kea", "kea_ha"):
+    for other in COMPARED:
         if cpu.get("drp_ha") and cpu.get(other):
             out[f"cpu_per_exchange_drp_ha_active_vs_{other}"] = round(cpu["drp_ha"] / cpu[other], 2)
     # drp's decision path alone, in this process (no I/O, store or replication): against a

@@ -221,7 +221,7 @@ def _replay(conn: sqlite3.Connection, entries: list[dict], applied: list[dict],
         for i, entry in enumerate(entries):
             try:
                 row = apply_change(conn, entry)
-            except Exception as e:  # noqa: BLE001 - handed back: the caller replays the ones before it
+            except Exception as e:  # noqa: BLE001 - handed back: the caller replays those before
                 rollback_open(conn)
                 return i, e
             done_wire.append((entry["seq"], entry_text(row)))
